@@ -1,0 +1,1 @@
+"""Fashion datasets in MMF's builder / dataset / database split."""

@@ -1,0 +1,138 @@
+"""The end-to-end demo (README command (a)), on CPU in about ten minutes.
+
+1. writes a synthetic catalog, 2. pre-trains FashionViL with ITC, 3. fine-tunes
+image<->text retrieval from scratch and from the pre-trained model, 4. evaluates
+both with ``run_type=test``, and prints R@1/5/10 next to chance. Every step is a
+real ``mmf_run`` process, exactly what a user would type.
+
+    python -m mmf_fashionvil.demo [--out demo_out] [--products 600]
+"""
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+CONFIGS = "projects/fashionvil/configs"
+KS = (1, 5, 10)
+
+
+def mmf_run(args, log_path):
+    """Runs one mmf_run process; its output goes to log_path (and the tail, on failure, to us)."""
+    command = [os.path.join(os.path.dirname(sys.executable), "mmf_run"), *args]
+    print("$", " ".join(shlex.quote(a) for a in command), flush=True)
+    start = time.time()
+    with open(log_path, "w") as log:
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        with open(log_path) as log:
+            sys.stderr.write("".join(log.readlines()[-40:]))
+        raise SystemExit(f"mmf_run failed (exit {result.returncode}); full log: {log_path}")
+    print(f"  done in {time.time() - start:.0f} s, log: {log_path}", flush=True)
+
+
+def last_eval(save_dir, split):
+    """The last evaluation record of a split from the trainer's eval_log.jsonl."""
+    records = []
+    with open(os.path.join(save_dir, "eval_log.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if record.get("split") == split:
+                records.append(record)
+    if not records:
+        raise SystemExit(f"no {split} evaluation in {save_dir}/eval_log.jsonl")
+    return records[-1]["metrics"]
+
+
+def chance_recall(catalog_dir):
+    """Expected R@K of a random ranking on the FashionGen val split.
+
+    ITR: one matching text among N texts -> K/N. TIR: a product with m of the M
+    images -> P(at least one of them in a random top K) = 1 - C(M-m, K)/C(M, K).
+    """
+    path = os.path.join(catalog_dir, "datasets", "FashionGen", "val_info.json")
+    with open(path) as f:
+        products = json.load(f)
+    n_texts = len(products)
+    n_images = sum(len(p["images"]) for p in products)
+    result = {}
+    for k in KS:
+        itr = min(k, n_texts) / n_texts
+        tir = sum(
+            1 - math.comb(n_images - len(p["images"]), k) / math.comb(n_images, k)
+            for p in products
+        ) / n_texts
+        result[k] = (100 * itr, 100 * tir)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="demo_out")
+    parser.add_argument("--products", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = os.path.abspath(args.out)
+    catalog = os.path.join(out, "catalog")
+    os.makedirs(out, exist_ok=True)
+    started = time.time()
+
+    from mmf_fashionvil.synthetic import generate_catalog
+
+    if not os.path.isfile(os.path.join(catalog, "catalog.json")):
+        print(f"Writing a synthetic catalog of {args.products} products to {catalog}", flush=True)
+        generate_catalog(catalog, seed=args.seed, num_products=args.products, image_size=64)
+
+    common = [f"env.data_dir={catalog}", f"training.seed={args.seed}", "model=fashionvil",
+              "dataset=fashiongen"]
+    pretrain_dir = os.path.join(out, "pretrain_itc")
+    mmf_run([f"config={CONFIGS}/pretraining/itc_tiny.yaml", *common,
+             f"env.save_dir={pretrain_dir}"], os.path.join(out, "pretrain.log"))
+
+    runs = {
+        "fine-tuned from scratch": [],
+        "pre-trained + fine-tuned": [
+            f"checkpoint.resume_file={pretrain_dir}/current.ckpt",
+            "checkpoint.resume_pretrained=True",
+        ],
+    }
+    table = {}
+    for name, extra in runs.items():
+        slug = name.split()[0].replace("-", "_")
+        save_dir = os.path.join(out, f"finetune_{slug}")
+        mmf_run([f"config={CONFIGS}/finetuning/xmr_tiny.yaml", *common,
+                 f"env.save_dir={save_dir}", *extra], os.path.join(out, f"finetune_{slug}.log"))
+        # Evaluate the saved model in a separate process, as a user would.
+        test_dir = os.path.join(out, f"test_{slug}")
+        mmf_run([f"config={CONFIGS}/finetuning/xmr_tiny.yaml", *common, "run_type=test",
+                 f"env.save_dir={test_dir}", f"checkpoint.resume_file={save_dir}/current.ckpt"],
+                os.path.join(out, f"test_{slug}.log"))
+        table[name] = last_eval(test_dir, "test")
+
+    chance = chance_recall(catalog)
+    print(f"\nFashionGen-format synthetic catalog, val split, full ranking "
+          f"(R@K in %, {time.time() - started:.0f} s total)")
+    header = "| model | " + " | ".join(f"ITR R@{k}" for k in KS) + " | " + \
+        " | ".join(f"TIR R@{k}" for k in KS) + " |"
+    print(header)
+    print("|" + "---|" * (1 + 2 * len(KS)))
+    print("| chance | " + " | ".join(f"{chance[k][0]:.1f}" for k in KS) + " | " +
+          " | ".join(f"{chance[k][1]:.1f}" for k in KS) + " |")
+    for name, metrics in table.items():
+        cells = [metrics[_metric_key(metrics, f"itr_r@{k}")] for k in KS] + \
+            [metrics[_metric_key(metrics, f"tir_r@{k}")] for k in KS]
+        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in cells) + " |")
+
+
+def _metric_key(metrics, suffix):
+    matches = [k for k in metrics if k.endswith(suffix)]
+    if len(matches) != 1:
+        raise SystemExit(f"expected one metric ending in {suffix}, found {matches}")
+    return matches[0]
+
+
+if __name__ == "__main__":
+    main()
