@@ -157,6 +157,7 @@ def require_nltk_data(packages=tuple(NLTK_RESOURCES), data_dir=None,
             f"python -m nltk.downloader -d {target} {' '.join(missing)}",
             config_key,
             where=f"{target}",
+            can_be_null=False,
         )
 
 
