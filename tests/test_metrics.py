@@ -1,0 +1,495 @@
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from mmf.common.registry import registry
+from mmf.common.sample import SampleList
+from mmf_fashionvil import metrics
+from mmf_fashionvil.metrics import positive_ranks, recall_at_k
+
+
+# ----------------------------------------------------------------------------- helpers
+def tie_prone_embeddings(count, generator, dim=3):
+    """Small-integer vectors: dot products are exact and often equal."""
+    return torch.randint(-1, 2, (count, dim), generator=generator).float()
+
+
+def dot(u, v):
+    return sum(float(x) * float(y) for x, y in zip(u, v))
+
+
+def brute_rank(query, candidates, positives):
+    """Negatives (candidates not positive) scoring >= the best positive; explicit loops.
+    candidates: {name: vector}; positives: set of names."""
+    best = max(dot(query, candidates[name]) for name in positives)
+    return sum(1 for name, vector in candidates.items()
+               if name not in positives and dot(query, vector) >= best)
+
+
+def percent_hits(ranks, k):
+    return 100.0 * sum(1 for r in ranks if r < k) / len(ranks)
+
+
+def split_and_merge(collected, seed=0):
+    """Rows dealt to two "ranks" at random and concatenated rank after rank, as the trainer's
+    gather does (so the row order changes)."""
+    rows = list(range(len(collected["sample_index"])))
+    random.Random(seed).shuffle(rows)
+    shards = [sorted(rows[::2]), sorted(rows[1::2])]
+    order = torch.tensor(shards[1] + shards[0])
+    return {key: value[order] for key, value in collected.items()}
+
+
+def collect_in_batches(metric, sample_fields, model_fields, batch_size=4):
+    """Runs metric.collect on SampleList batches and concatenates per key (one rank)."""
+    total = len(next(iter(sample_fields.values())))
+    pieces = []
+    for start in range(0, total, batch_size):
+        rows = slice(start, start + batch_size)
+        batch = SampleList({key: value[rows] for key, value in sample_fields.items()})
+        outputs = {key: value[rows] for key, value in model_fields.items()}
+        pieces.append(metric.collect(batch, outputs))
+    return {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
+
+
+# ----------------------------------------------------------------------------- ranking math
+def test_positive_ranks_count_ties_against_the_query():
+    scores = torch.tensor([[0.5, 0.5, 0.1], [0.2, 0.9, 0.5], [0.3, 0.4, 0.4]])
+    positive = torch.tensor([[True, False, False], [True, True, False], [True, False, False]])
+    # row 0: one tie -> rank 1; row 1: best positive 0.9 wins, other positive is no rival;
+    # row 2: two negatives above.
+    assert positive_ranks(scores, positive).tolist() == [1, 0, 2]
+    candidates = torch.tensor([[True, False, True], [True, True, True], [True, True, False]])
+    assert positive_ranks(scores, positive, candidates).tolist() == [0, 0, 1]
+    assert recall_at_k(torch.tensor([1, 0, 2]), (1, 2)) == {1: pytest.approx(100 / 3),
+                                                           2: pytest.approx(200 / 3)}
+
+
+def test_positive_ranks_reject_queries_without_positive():
+    with pytest.raises(ValueError, match="no positive"):
+        positive_ranks(torch.zeros(2, 2), torch.tensor([[True, False], [False, False]]))
+
+
+def test_dataset_metric_has_no_per_batch_value_and_names_missing_fields():
+    metric = metrics.FullRankingRetrieval()
+    with pytest.raises(RuntimeError, match="fashionvil_trainer"):
+        metric.calculate({}, {})
+    with pytest.raises(ValueError, match="'text_embedding'"):
+        metric.collect(SampleList({"id": torch.tensor([0]), "sample_index": torch.tensor([0])}),
+                       {"image_embedding": torch.zeros(1, 2)})
+
+
+def test_metrics_are_registered_and_take_params_through_rc10_metrics():
+    from mmf.modules.metrics import Metrics
+
+    for name, cls in [("fashionvil_retrieval", metrics.FullRankingRetrieval),
+                      ("fashionvil_retrieval_sample100", metrics.SampledRetrieval),
+                      ("fashionvil_tgir", metrics.TextGuidedImageRetrieval),
+                      ("fashionvil_tgir_fashion200k",
+                       metrics.Fashion200kTextGuidedImageRetrieval),
+                      ("fashionvil_ocir", metrics.OutfitComplementaryRetrieval),
+                      ("fashionvil_accuracy", metrics.Accuracy),
+                      ("fashionvil_macro_f1", metrics.MacroF1)]:
+        assert registry.get_metric_class(name) is cls
+    built = Metrics([{"type": "fashionvil_tgir", "params": {"gallery": "union"}}])
+    assert built.metrics["fashionvil_tgir"].gallery == "union"
+    assert {"composed_embedding", "image_id", "target_id"} <= built.required_params
+
+
+# ----------------------------------------------------------------------------- XMR general
+def xmr_catalog(seed, num_products=7, max_images=3, num_subcategories=2):
+    generator = torch.Generator().manual_seed(seed)
+    images_per_product = torch.randint(1, max_images + 1, (num_products,), generator=generator)
+    product_texts = tie_prone_embeddings(num_products, generator)
+    product_of_row = torch.repeat_interleave(torch.arange(num_products), images_per_product)
+    rows = len(product_of_row)
+    return {
+        "sample": {
+            "id": product_of_row,
+            "sample_index": torch.randperm(rows, generator=generator) + 100,
+            "subcategory": product_of_row % num_subcategories,
+        },
+        "model": {
+            "image_embedding": tie_prone_embeddings(rows, generator),
+            "text_embedding": product_texts[product_of_row],
+        },
+        "product_texts": product_texts,
+    }
+
+
+def brute_force_general(catalog):
+    ids = catalog["sample"]["id"].tolist()
+    images = catalog["model"]["image_embedding"]
+    texts = {p: catalog["product_texts"][p] for p in set(ids)}
+    itr = [brute_rank(images[i], texts, {ids[i]}) for i in range(len(ids))]
+    image_candidates = {i: images[i] for i in range(len(ids))}
+    tir = [brute_rank(texts[p], image_candidates, {i for i in range(len(ids)) if ids[i] == p})
+           for p in texts]
+    expected = {f"general/itr_r@{k}": percent_hits(itr, k) for k in (1, 5, 10)}
+    expected.update({f"general/tir_r@{k}": percent_hits(tir, k) for k in (1, 5, 10)})
+    expected["general/r_mean"] = sum(expected.values()) / 6
+    return expected
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_ranking_matches_brute_force_and_is_order_free(seed):
+    catalog = xmr_catalog(seed, num_products=12)
+    metric = registry.get_metric_class("fashionvil_retrieval")()
+    collected = collect_in_batches(metric, catalog["sample"], catalog["model"])
+    result = metric.compute(collected)
+    assert result == pytest.approx(brute_force_general(catalog))
+    assert metric.compute(split_and_merge(collected, seed)) == pytest.approx(result)
+
+
+def test_full_ranking_ties_are_pessimistic_and_any_image_counts():
+    # Both products have the same text: every text query ties, so R@1 is 0, R@5 is 100.
+    # Product 0 has two images; only the second one matches its text best.
+    collected = {
+        "image_embedding": torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]),
+        "text_embedding": torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]),
+        "id": torch.tensor([0, 0, 1]),
+        "sample_index": torch.tensor([0, 1, 2]),
+    }
+    result = metrics.FullRankingRetrieval().compute(collected)
+    assert result["general/itr_r@1"] == 0 and result["general/itr_r@5"] == 100
+    assert result["general/tir_r@1"] == 0 and result["general/tir_r@5"] == 100
+    # Distinct texts: product 0's text [0, 1] finds its first image at rank 0.
+    collected["text_embedding"] = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    result = metrics.FullRankingRetrieval().compute(collected)
+    assert result["general/tir_r@1"] == 50  # product 1's text ties with product 0's 2nd image
+    # Product 0's second image [1, 0] prefers product 1's text: the other two are hits.
+    assert result["general/itr_r@1"] == pytest.approx(200 / 3)
+
+
+# ----------------------------------------------------------------------------- sample-100
+def sample100(tmp_path, name, **params):
+    settings = {"num_queries": 9, "num_negatives": 3, "num_draws": 2, "seed": 1,
+                "draws_file": str(tmp_path / name)}
+    settings.update(params)
+    return registry.get_metric_class("fashionvil_retrieval_sample100")(**settings)
+
+
+def sample100_collected(seed=3):
+    catalog = xmr_catalog(seed, num_products=14, num_subcategories=3)
+    # A subcategory with just two products: their queries get a single negative.
+    catalog["sample"]["subcategory"][catalog["sample"]["id"] >= 12] = 7
+    return {**catalog["sample"], **catalog["model"]}
+
+
+def brute_force_sample100(collected, draws):
+    row_of = {int(s): i for i, s in enumerate(collected["sample_index"])}
+    images, texts = collected["image_embedding"], collected["text_embedding"]
+    totals = {}
+    for draw in draws:
+        itr, tir = [], []
+        for query, negatives in zip(draw["queries"], draw["negatives"]):
+            q = row_of[query]
+            rows = [q] + [row_of[s] for s in negatives]
+            itr.append(brute_rank(images[q], {r: texts[r] for r in rows}, {q}))
+            tir.append(brute_rank(texts[q], {r: images[r] for r in rows}, {q}))
+        values = {f"kaleido/itr_r@{k}": percent_hits(itr, k) for k in (1, 5, 10)}
+        values.update({f"kaleido/tir_r@{k}": percent_hits(tir, k) for k in (1, 5, 10)})
+        values["kaleido/r_mean"] = sum(values.values()) / 6
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value / len(draws)
+    return totals
+
+
+def test_sample100_draws_follow_the_protocol_and_match_brute_force(tmp_path):
+    collected = sample100_collected()
+    result = sample100(tmp_path, "draws.json").compute(collected)
+    saved = json.loads((tmp_path / "draws.json").read_text())
+    assert len(saved["draws"]) == 2
+    row_of = {int(s): i for i, s in enumerate(collected["sample_index"])}
+    product = collected["id"].tolist()
+    group = collected["subcategory"].tolist()
+    for draw in saved["draws"]:
+        assert len(draw["queries"]) == len(set(draw["queries"])) == 9
+        for query, negatives in zip(draw["queries"], draw["negatives"]):
+            q = row_of[query]
+            others = {product[r] for r in range(len(product))
+                      if group[r] == group[q] and product[r] != product[q]}
+            negative_products = [product[row_of[s]] for s in negatives]
+            assert len(set(negative_products)) == len(negatives) == min(3, len(others))
+            assert set(negative_products) <= others
+    assert result == pytest.approx(brute_force_sample100(collected, saved["draws"]))
+
+
+def test_sample100_draws_are_seeded_saved_and_reused(tmp_path):
+    collected = sample100_collected()
+    first = sample100(tmp_path, "a.json").compute(collected)
+    again = sample100(tmp_path, "b.json").compute(split_and_merge(collected))
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+    assert again == pytest.approx(first)
+    sample100(tmp_path, "c.json", seed=2).compute(collected)
+    draws = lambda name: json.loads((tmp_path / name).read_text())["draws"]  # noqa: E731
+    assert draws("c.json") != draws("a.json")
+
+    # An existing file is what gets ranked: replace its draws by a hand-made one.
+    saved = json.loads((tmp_path / "a.json").read_text())
+    query = int(collected["sample_index"][0])
+    same_group = [int(s) for s, p, g in zip(collected["sample_index"], collected["id"],
+                                            collected["subcategory"])
+                  if g == collected["subcategory"][0] and p != collected["id"][0]]
+    saved["draws"] = [{"queries": [query], "negatives": [same_group[:1]]}] * 2
+    (tmp_path / "a.json").write_text(json.dumps(saved))
+    reused = sample100(tmp_path, "a.json").compute(collected)
+    assert reused == pytest.approx(brute_force_sample100(collected, saved["draws"]))
+
+
+def test_sample100_rejects_a_draws_file_made_otherwise(tmp_path):
+    collected = sample100_collected()
+    sample100(tmp_path, "draws.json").compute(collected)
+    with pytest.raises(ValueError, match="draws.json.*seed"):
+        sample100(tmp_path, "draws.json", seed=9).compute(collected)
+    fewer = {key: value[:10] for key, value in collected.items()}
+    with pytest.raises(ValueError, match="draws.json.*other data"):
+        sample100(tmp_path, "draws.json").compute(fewer)
+
+
+# ----------------------------------------------------------------------------- TGIR
+def tgir_data(seed, categories=3, gallery_per_category=6, queries_per_category=5,
+              match_groups=None):
+    """Gallery rows (with one duplicated image) and query rows (reference and target from
+    the gallery of the query's category)."""
+    generator = torch.Generator().manual_seed(seed)
+    sample = {"is_query": [], "image_id": [], "target_id": [], "category": []}
+    gallery_ids = {}
+    for category in range(categories):
+        ids = list(range(category * 100, category * 100 + gallery_per_category))
+        gallery_ids[category] = ids
+        for image in ids + ids[:1]:  # the first image is emitted twice
+            sample["is_query"].append(False)
+            sample["image_id"].append(image)
+            sample["target_id"].append(-1)
+            sample["category"].append(category)
+    for category in range(categories):
+        ids = gallery_ids[category]
+        for _ in range(queries_per_category):
+            reference, target = torch.randperm(len(ids), generator=generator)[:2].tolist()
+            sample["is_query"].append(True)
+            sample["image_id"].append(ids[reference])
+            sample["target_id"].append(ids[target])
+            sample["category"].append(category)
+    sample = {key: torch.tensor(value) for key, value in sample.items()}
+    rows = len(sample["is_query"])
+    image_vectors = {i: tie_prone_embeddings(1, generator)[0]
+                     for i in set(sample["image_id"].tolist())}
+    model = {
+        "composed_embedding": tie_prone_embeddings(rows, generator),
+        "image_embedding": torch.stack([image_vectors[i] for i in sample["image_id"].tolist()]),
+    }
+    sample["sample_index"] = torch.randperm(rows, generator=generator)
+    if match_groups is not None:
+        sample["match_id"] = sample["image_id"] % match_groups
+        sample["target_id"] = torch.where(sample["is_query"], sample["target_id"] % match_groups,
+                                          sample["target_id"])
+    return sample, model, image_vectors
+
+
+def brute_force_tgir(sample, model, image_vectors, gallery, ks, names):
+    is_query = sample["is_query"].tolist()
+    ids, targets, categories = (sample[k].tolist() for k in ("image_id", "target_id", "category"))
+    match_of = {}
+    for row in range(len(ids)):
+        if not is_query[row]:
+            match_of[ids[row]] = (sample["match_id"][row].item() if "match_id" in sample
+                                  else ids[row])
+    per_category = {}
+    for row in range(len(ids)):
+        if not is_query[row]:
+            continue
+        category = categories[row]
+        if gallery == "all":
+            pool = {ids[r] for r in range(len(ids)) if not is_query[r]}
+        else:
+            pool = {ids[r] for r in range(len(ids))
+                    if not is_query[r] and categories[r] == category}
+        if gallery == "union":
+            wanted = set()
+            for r in range(len(ids)):
+                if is_query[r] and categories[r] == category:
+                    wanted |= {ids[r], targets[r]}
+            pool &= wanted
+        positives = {i for i in pool if match_of[i] == targets[row]}
+        pool = {i for i in pool if i != ids[row] or i in positives}  # reference left out
+        rank = brute_rank(model["composed_embedding"][row],
+                          {i: image_vectors[i] for i in pool}, positives)
+        per_category.setdefault("all" if gallery == "all" else names[category], []).append(rank)
+    if gallery == "all":
+        values = {f"all/r@{k}": percent_hits(per_category["all"], k) for k in ks}
+        values["all/r_mean"] = sum(values.values()) / len(ks)
+        return values
+    values = {}
+    for name, ranks in per_category.items():
+        for k in ks:
+            values[f"{gallery}/{name}/r@{k}"] = percent_hits(ranks, k)
+    for k in ks:
+        values[f"{gallery}/mean/r@{k}"] = sum(
+            values[f"{gallery}/{name}/r@{k}"] for name in per_category) / len(per_category)
+    values[f"{gallery}/r_mean"] = sum(values[f"{gallery}/mean/r@{k}"] for k in ks) / len(ks)
+    return values
+
+
+@pytest.mark.parametrize("gallery", ["original", "union"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tgir_fashioniq_matches_brute_force(gallery, seed):
+    sample, model, image_vectors = tgir_data(seed)
+    metric = metrics.TextGuidedImageRetrieval(gallery=gallery, ks=(1, 3))
+    collected = collect_in_batches(metric, sample, model)
+    result = metric.compute(collected)
+    names = ["dress", "shirt", "toptee"]
+    assert result == pytest.approx(brute_force_tgir(sample, model, image_vectors, gallery,
+                                                    (1, 3), names))
+    assert metric.compute(split_and_merge(collected, seed)) == pytest.approx(result)
+
+
+def test_tgir_union_gallery_holds_only_references_and_targets():
+    sample, model, _ = tgir_data(4, queries_per_category=1, gallery_per_category=40)
+    # With one query per category, the union gallery holds just its reference and target.
+    collected = metrics.TextGuidedImageRetrieval().collect(SampleList(sample), model)
+    union = metrics.TextGuidedImageRetrieval(gallery="union", ks=(1,)).compute(collected)
+    assert all(union[f"union/{name}/r@1"] == 100 for name in ("dress", "shirt", "toptee"))
+
+
+def test_tgir_excludes_the_reference_image():
+    # The composed query equals the reference image (a model that ignores the text): it
+    # would be ranked first; excluded, the target comes first.
+    sample = {"is_query": torch.tensor([False, False, False, True]),
+              "image_id": torch.tensor([10, 11, 12, 10]),
+              "target_id": torch.tensor([-1, -1, -1, 11]),
+              "category": torch.tensor([0, 0, 0, 0]),
+              "sample_index": torch.arange(4)}
+    model = {"image_embedding": torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [1.0, 0.0]]),
+             "composed_embedding": torch.tensor([[0.0, 0.0]] * 3 + [[1.0, 0.0]])}
+    metric = metrics.TextGuidedImageRetrieval(ks=(1,))
+    result = metric.compute(metric.collect(SampleList(sample), model))
+    assert result["original/dress/r@1"] == 100
+
+
+def test_tgir_target_missing_from_gallery_is_an_error():
+    sample, model, _ = tgir_data(0)
+    sample["target_id"][-1] = 999
+    metric = metrics.TextGuidedImageRetrieval()
+    with pytest.raises(ValueError, match="toptee.*not in its gallery"):
+        metric.compute(metric.collect(SampleList(sample), model))
+
+
+def test_tgir_fashion200k_matches_brute_force_with_description_matches():
+    sample, model, image_vectors = tgir_data(2, categories=2, match_groups=4)
+    metric = registry.get_metric_class("fashionvil_tgir_fashion200k")()
+    collected = collect_in_batches(metric, sample, model)
+    assert "match_id" in collected
+    expected = brute_force_tgir(sample, model, image_vectors, "all", (1, 10, 50), None)
+    assert metric.compute(collected) == pytest.approx(expected)
+    assert metric.compute(split_and_merge(collected)) == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------- OCIR
+def ocir_data(seed, categories=3, items_per_category=8, queries=12):
+    generator = torch.Generator().manual_seed(seed)
+    sample = {"is_query": [], "item_id": [], "target_id": [], "category": []}
+    for category in range(categories):
+        for item in range(items_per_category):
+            sample["is_query"].append(False)
+            sample["item_id"].append(category * 1000 + item)
+            sample["target_id"].append(-1)
+            sample["category"].append(category)
+    for _ in range(queries):
+        # Unequal category frequencies: category 0 twice as likely.
+        category = [0, 0, 1, 2][int(torch.randint(4, (1,), generator=generator))]
+        blank = category * 1000 + int(torch.randint(items_per_category, (1,), generator=generator))
+        sample["is_query"].append(True)
+        sample["item_id"].append(-1)
+        sample["target_id"].append(blank)
+        sample["category"].append(category)
+    sample = {key: torch.tensor(value) for key, value in sample.items()}
+    rows = len(sample["is_query"])
+    sample["sample_index"] = torch.randperm(rows, generator=generator)
+    model = {"outfit_embedding": tie_prone_embeddings(rows, generator),
+             "item_embedding": tie_prone_embeddings(rows, generator)}
+    return sample, model
+
+
+def test_ocir_matches_brute_force_weighted_by_category_frequency():
+    sample, model = ocir_data(0)
+    ks = (1, 3, 5)
+    metric = metrics.OutfitComplementaryRetrieval(ks=ks, categories=["top", "bottom", "shoes"])
+    collected = collect_in_batches(metric, sample, model)
+    result = metric.compute(collected)
+
+    is_query, items = sample["is_query"].tolist(), sample["item_id"].tolist()
+    categories, targets = sample["category"].tolist(), sample["target_id"].tolist()
+    ranks = {}
+    for row in range(len(items)):
+        if is_query[row]:
+            pool = {items[r]: model["item_embedding"][r] for r in range(len(items))
+                    if not is_query[r] and categories[r] == categories[row]}
+            ranks.setdefault(categories[row], []).append(
+                brute_rank(model["outfit_embedding"][row], pool, {targets[row]}))
+    names = ["top", "bottom", "shoes"]
+    all_ranks = [r for category_ranks in ranks.values() for r in category_ranks]
+    for k in ks:
+        for category, category_ranks in ranks.items():
+            assert result[f"target_category/{names[category]}/r@{k}"] == pytest.approx(
+                percent_hits(category_ranks, k))
+        # Weighting by the number of queries makes it the recall over all queries.
+        assert result[f"target_category/weighted/r@{k}"] == pytest.approx(
+            percent_hits(all_ranks, k))
+    assert metric.compute(split_and_merge(collected)) == pytest.approx(result)
+
+
+def test_ocir_weighting_by_hand():
+    # Category 0: three queries, all hits; category 1: one query, a miss -> 75, not 50.
+    sample = {"is_query": torch.tensor([False, False, False, False] + [True] * 4),
+              "item_id": torch.tensor([0, 1, 10, 11, -1, -1, -1, -1]),
+              "target_id": torch.tensor([-1] * 4 + [0, 0, 0, 10]),
+              "category": torch.tensor([0, 0, 1, 1, 0, 0, 0, 1]),
+              "sample_index": torch.arange(8)}
+    items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]] + [[0.0, 0.0]] * 4)
+    outfits = torch.tensor([[0.0, 0.0]] * 4 + [[1.0, 0.0]] * 3 + [[0.0, 1.0]])
+    metric = metrics.OutfitComplementaryRetrieval(ks=(1,))
+    result = metric.compute(metric.collect(SampleList(sample),
+                                           {"outfit_embedding": outfits, "item_embedding": items}))
+    assert result["target_category/0/r@1"] == 100 and result["target_category/1/r@1"] == 0
+    assert result["target_category/weighted/r@1"] == 75
+
+
+# ----------------------------------------------------------------------------- SCR
+def classification_collected(predictions, targets, num_classes):
+    scores = torch.nn.functional.one_hot(torch.tensor(predictions), num_classes).float()
+    sample = SampleList({"targets": torch.tensor(targets)})
+    return metrics.Accuracy().collect(sample, {"scores": scores})
+
+
+def test_accuracy_and_macro_f1_by_hand():
+    # Class 3 is predicted but absent from the targets: no F1 term of its own.
+    collected = classification_collected([0, 1, 1, 1, 3], [0, 0, 1, 1, 2], 4)
+    assert metrics.Accuracy().compute(collected) == {"accuracy": pytest.approx(60.0)}
+    f1_class0, f1_class1, f1_class2 = 2 / 3, 4 / 5, 0.0  # 2TP / (2TP + FP + FN)
+    expected = 100 * (f1_class0 + f1_class1 + f1_class2) / 3
+    assert metrics.MacroF1().compute(collected) == {"macro_f1": pytest.approx(expected)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_macro_f1_matches_sklearn_over_classes_in_targets(seed):
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 6, 40)
+    predictions = np.where(rng.random(40) < 0.6, targets, rng.integers(0, 8, 40))
+    collected = classification_collected(predictions.tolist(), targets.tolist(), 8)
+    expected = 100 * f1_score(targets, predictions, labels=np.unique(targets), average="macro",
+                              zero_division=0)
+    assert metrics.MacroF1().compute(collected)["macro_f1"] == pytest.approx(expected)
+    merged = split_and_merge({**collected, "sample_index": torch.arange(40)})
+    del merged["sample_index"]
+    assert metrics.MacroF1().compute(merged)["macro_f1"] == pytest.approx(expected)
+
+
+def test_classification_collect_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"scores \[B, C\]"):
+        metrics.Accuracy().collect(SampleList({"targets": torch.zeros(2, 3)}),
+                                   {"scores": torch.zeros(2, 3)})
