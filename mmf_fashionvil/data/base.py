@@ -124,6 +124,10 @@ class FashionDataset(BaseDataset):
         self.seed = int(registry.get("seed", no_warning=True) or 0)
         self.epoch = 0
 
+    @staticmethod
+    def has_split(config, dataset_type):
+        return bool(config.get("annotations", {}).get(dataset_type))
+
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
 
@@ -139,6 +143,15 @@ class FashionDataset(BaseDataset):
 
     def build_sample(self, index):
         raise NotImplementedError
+
+    def add_product_fields(self, sample, product, product_index):
+        """Tokenised text and the product's identity / category fields."""
+        sample.update(self.text_processor({"text": product["text"]}))
+        sample.text = product["text"]
+        sample.id = torch.tensor(product_index, dtype=torch.long)
+        sample.category = torch.tensor(product["category_id"], dtype=torch.long)
+        sample.subcategory = torch.tensor(product["subcategory_id"], dtype=torch.long)
+        sample.targets = torch.tensor(0, dtype=torch.long)
 
     @property
     def is_train(self):
@@ -160,7 +173,7 @@ class FashionBuilder(BaseDatasetBuilder):
         pass
 
     def load(self, config, dataset_type="train", *args, **kwargs):
-        if not config.get("annotations", {}).get(dataset_type):
+        if not self.dataset_class.has_split(config, dataset_type):
             return None
         return self.dataset_class(config, dataset_type)
 

@@ -27,10 +27,5 @@ class FashionGenDataset(FashionDataset):
             product = self.database.products[product_index]
         sample = Sample()
         sample.image = self.image_processor(load_image(product["images"][image_index]))
-        sample.update(self.text_processor({"text": product["text"]}))
-        sample.text = product["text"]
-        sample.id = torch.tensor(product_index, dtype=torch.long)
-        sample.category = torch.tensor(product["category_id"], dtype=torch.long)
-        sample.subcategory = torch.tensor(product["subcategory_id"], dtype=torch.long)
-        sample.targets = torch.tensor(0, dtype=torch.long)
+        self.add_product_fields(sample, product, product_index)
         return sample
