@@ -33,6 +33,7 @@ from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mmf_fashionvil import distributed
+from mmf_fashionvil.losses import drop_skipped
 
 CHECKPOINT_FORMAT = "mmf_fashionvil.trainer/1"
 SCHEDULES = ("warmup_linear", "warmup_cosine", "warmup_multistep")
@@ -908,7 +909,7 @@ class FashionViLTrainer:
             with self.model.no_sync() if skip_sync else contextlib.nullcontext():
                 with self._autocast():
                     output = self.model(batch)
-                losses = output.get("losses") or {}
+                losses = drop_skipped(output.get("losses") or {})
                 if not losses:
                     raise ValueError(
                         "The model returned no losses: set model_config.<model>.losses and "
@@ -1062,7 +1063,7 @@ class FashionViLTrainer:
                     output = model(batch)
                 size = batch.get_batch_size()
                 num_samples += size
-                for key, value in (output.get("losses") or {}).items():
+                for key, value in drop_skipped(output.get("losses") or {}).items():
                     loss_sums[key] = loss_sums.get(key, 0.0) + value.detach().float().mean() * size
                 for name, metric in self.metrics.items():
                     if hasattr(metric, "collect") and hasattr(metric, "compute"):
