@@ -92,16 +92,15 @@ def main(argv=None):
     mmf_run([f"config={CONFIGS}/pretraining/itc_tiny.yaml", *common,
              f"env.save_dir={pretrain_dir}"], os.path.join(out, "pretrain.log"))
 
-    runs = {
-        "fine-tuned from scratch": [],
-        "pre-trained + fine-tuned": [
+    runs = {  # table row -> (folder name, extra options)
+        "fine-tuned from scratch": ("scratch", []),
+        "pre-trained + fine-tuned": ("pretrained", [
             f"checkpoint.resume_file={pretrain_dir}/current.ckpt",
             "checkpoint.resume_pretrained=True",
-        ],
+        ]),
     }
     table = {}
-    for name, extra in runs.items():
-        slug = name.split()[0].replace("-", "_")
+    for name, (slug, extra) in runs.items():
         save_dir = os.path.join(out, f"finetune_{slug}")
         mmf_run([f"config={CONFIGS}/finetuning/xmr_tiny.yaml", *common,
                  f"env.save_dir={save_dir}", *extra], os.path.join(out, f"finetune_{slug}.log"))

@@ -72,7 +72,7 @@ def test_run_type_test_reproduces_validation_of_saved_model(trained_run, tiny_ca
 
 def test_torchrun_two_cpu_ranks(tiny_catalog, tmp_path):
     code, output = run_command(
-        [TORCHRUN, "--nproc_per_node=2", "--master_port=29611", MMF_RUN, f"config={PRETRAIN}",
+        [TORCHRUN, "--standalone", "--nproc_per_node=2", MMF_RUN, f"config={PRETRAIN}",
          *SHORT_RUN, f"env.data_dir={tiny_catalog}", f"env.save_dir={tmp_path}"]
     )
     assert code == 0, output[-4000:]
