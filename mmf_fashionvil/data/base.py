@@ -11,6 +11,9 @@ from mmf.datasets.base_dataset import BaseDataset
 from mmf.datasets.base_dataset_builder import BaseDatasetBuilder
 from PIL import Image, UnidentifiedImageError
 
+from mmf_fashionvil.attributes import entry_text
+from mmf_fashionvil.data import processors  # noqa: F401  (registers the processors configs name)
+
 
 class DataError(ValueError):
     """Malformed or missing dataset input; the message names the file and entry."""
@@ -53,10 +56,8 @@ def require_keys(entry, keys, path, position):
 
 
 def product_text(entry, path):
-    """title + "." + description (SPEC §4.1); an empty caption is an error."""
-    title = str(entry.get("title") or "").strip()
-    description = str(entry.get("description") or "").strip()
-    text = ". ".join(part for part in (title, description) if part)
+    """The caption rule shared with the attribute miner; an empty caption is an error."""
+    text = entry_text(entry)
     if not text:
         raise DataError(f"{path}: entry {entry.get('id')} has an empty caption")
     return text
