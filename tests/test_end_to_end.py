@@ -123,3 +123,23 @@ def test_corrupt_image_is_named(tiny_catalog, tmp_path):
     )
     assert code != 0
     assert str(broken) in output[-3000:]
+
+
+def test_resume_after_a_kill_repeats_the_uninterrupted_losses(tiny_catalog, tmp_path):
+    """Run A trains 6 updates (checkpoints at 3 and 6). Run B starts from A's update-3
+    checkpoint, as a run killed after update 3 would, and must log the same losses for
+    updates 4..6 (real model: dropout, BatchNorm, random crops/flips, 2 loader workers)."""
+    common = [MMF_RUN, f"config={PRETRAIN}", *SHORT_RUN, f"env.data_dir={tiny_catalog}",
+              "training.log_interval=1", "training.num_workers=2", "checkpoint.max_to_keep=-1"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    code, output = run_command([*common, f"env.save_dir={full}"])
+    assert code == 0, output[-4000:]
+    resumed.mkdir()
+    shutil.copy(full / "models" / "model_3.ckpt", resumed / "current.ckpt")
+    code, output = run_command([*common, f"env.save_dir={resumed}", "checkpoint.resume=True"])
+    assert code == 0, output[-4000:]
+    expected = {r["update"]: r["loss"] for r in read_jsonl(full / "train_log.jsonl")}
+    got = {r["update"]: r["loss"] for r in read_jsonl(resumed / "train_log.jsonl")}
+    assert sorted(got) == [4, 5, 6]
+    for update in (4, 5, 6):
+        assert got[update] == pytest.approx(expected[update], rel=1e-5, abs=1e-6)
