@@ -45,6 +45,7 @@ setup(
         "lmdb>=1.4",
         "demjson3",
         "requests",
+        "scikit-learn",  # imported by rc10's mmf.modules.metrics
         "tqdm",
         "termcolor",
         "pillow",
