@@ -8,6 +8,17 @@ visual tokens). See SPEC §1 and §9. The three ways to use it:
 2. two-stream (late fusion): ``encode_image(image)`` and ``encode_text(input_ids, input_mask)``;
 3. early-fusion two-stream: ``compose(input_ids, input_mask, image)`` against
    ``encode_image(other_image)``.
+
+Pre-training branches (SPEC §2; one method per task, chosen per batch by ``task_of``):
+``forward_two_stream`` (itc, xmr), ``forward_itm``, ``forward_mlm``, ``forward_mpfc``,
+``forward_mvc``, ``forward_pac``.
+
+Who draws the random choices: MLM masks (``masked_input_ids`` + ``lm_label_ids``) and MPFC
+patch masks (``patch_mask``) are taken from the batch when the dataset provides them and
+are otherwise drawn here with masking.py (MLM then needs ``word_ids``). Hard negatives (ITM)
+and dropped tokens (MVC) are always drawn here. All of these come from one CPU
+``torch.Generator`` per batch, seeded from torch's global RNG (which the trainer seeds and
+checkpoints per rank, so a resumed run draws the same) XOR the rank.
 """
 import copy
 import os
@@ -24,12 +35,29 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEncoder, BertOnlyMLMHead
 
 from mmf_fashionvil import assets
+from mmf_fashionvil.distributed import all_gather_with_grad, get_rank
+from mmf_fashionvil.image_tokenizer import load_image_tokenizer, to_tokenizer_input
+from mmf_fashionvil.masking import (
+    IGNORE_INDEX,
+    block_patch_mask,
+    hard_negative_indices,
+    whole_word_mask,
+)
 
 DEFAULTS_YAML = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs", "models", "fashionvil", "defaults.yaml"
 )
 PRETRAINING_TASKS = ("itc", "itm", "mlm", "mpfc", "mvc", "pac")
 DOWNSTREAM_TASKS = ("xmr", "tgir", "scr", "ocir")
+TASKS_WITH_HEADS = ("itm", "mlm", "mpfc", "pac")
+# Tokens whose ids MLM masking needs (looked up in the WordPiece vocabulary).
+MASK_TOKEN = "[MASK]"
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", MASK_TOKEN)
+CONFIG_PREFIX = "model_config.fashionvil"
+TOKENIZER_TRAINING_COMMAND = (
+    "mmf_run config=<tokenizer config> model=fashionvil_image_tokenizer "
+    "dataset=fashion_pretraining training.trainer=fashionvil_trainer env.save_dir=<dir>"
+)
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # BertConfig fields that model_config.fashionvil.bert may set (without a pretrained checkpoint).
 BERT_ARCHITECTURE_KEYS = (
@@ -216,14 +244,32 @@ class CosineClassifier(nn.Module):
         return self.logit_scale * cosines
 
 
-def read_vocab_size(vocab_file):
-    """Number of tokens of a WordPiece vocab.txt (one token per line)."""
+def read_vocab(vocab_file):
+    """Tokens of a WordPiece vocab.txt (one token per line; the line index is the id)."""
     if not os.path.isfile(vocab_file):
         raise FileNotFoundError(
             f"model_config.fashionvil.bert.vocab_file: {vocab_file} does not exist"
         )
     with open(vocab_file, encoding="utf-8") as f:
-        return len(f.read().splitlines())
+        return f.read().splitlines()
+
+
+def read_vocab_size(vocab_file):
+    """Number of tokens of a WordPiece vocab.txt."""
+    return len(read_vocab(vocab_file))
+
+
+def drop_tokens_at_random(mask, fraction, generator):
+    """Keep-mask [B, L] that drops round(fraction * n) of the n real tokens of each row of
+    ``mask`` (1 = real token) from attention, uniformly at random, always keeping at least
+    one; padding stays 0. Draws from ``generator`` (CPU); returns ``mask``'s dtype/device."""
+    real = mask.bool().cpu()
+    scores = torch.rand(real.shape, generator=generator).masked_fill(~real, 2.0)
+    rank_in_row = scores.argsort(1).argsort(1)  # real tokens first, in random order
+    counts = real.sum(1)
+    num_dropped = torch.minimum(torch.floor(fraction * counts + 0.5).long(), counts - 1)
+    kept = real & (rank_in_row >= num_dropped.clamp(min=0)[:, None])
+    return kept.to(device=mask.device, dtype=mask.dtype)
 
 
 @registry.register_model("fashionvil")
@@ -261,6 +307,13 @@ class FashionViL(BaseModel):
         self.text_projection = nn.Linear(width, embedding_dim)  # f
         self.embedding_norm = ScaledL2Norm(config.get("initial_scale", 4.0))
         self._build_task_heads(width, embedding_dim)
+        self.mlm_token_ids = self._mlm_token_ids() if "mlm" in self.training_tasks else None
+        # The frozen MPFC target tokenizer is kept outside the module tree (set past
+        # nn.Module.__setattr__): it is not trained, so it stays out of the parameters
+        # (optimizer groups, DDP), the state dict (checkpoints) and .to()/.train();
+        # ``mpfc_targets`` moves it to the images' device and it is always in eval mode.
+        tokenizer = self._load_image_tokenizer() if "mpfc" in self.training_tasks else None
+        object.__setattr__(self, "image_tokenizer", tokenizer)
 
         for name, module in self.named_children():
             if name != "image_encoder":
@@ -323,6 +376,66 @@ class FashionViL(BaseModel):
             self.pac_head = CosineClassifier(
                 embedding_dim, num_attributes, heads.pac.get("initial_logit_scale", 10.0)
             )
+
+    def _mlm_token_ids(self):
+        """(mask token id, special token ids) for MLM masks drawn in the model:
+        ``heads.mlm.mask_token_id`` / ``special_token_ids`` where set, else looked up in
+        bert.vocab_file or the pretrained BERT's vocab.txt; None when neither is known
+        (then only batches that bring their own masks can run MLM)."""
+        mlm = self.config.get("heads", {}).get("mlm", {})
+        mask_token_id, special_ids = mlm.get("mask_token_id"), mlm.get("special_token_ids")
+        if mask_token_id is not None and special_ids is not None:
+            return int(mask_token_id), [int(i) for i in special_ids]
+        vocab_file = self.config.bert.get("vocab_file")
+        if vocab_file is None and self.config.bert.get("pretrained") is not None:
+            try:
+                vocab_file = assets.resolve_vocab_file(self.config.bert.pretrained)
+            except assets.MissingAssetError:
+                return None
+        if vocab_file is None:
+            return None
+        ids = {token: index for index, token in enumerate(read_vocab(vocab_file))}
+        missing = [token for token in SPECIAL_TOKENS if token not in ids]
+        if missing:
+            raise ValueError(
+                f"{vocab_file} has no {missing} token(s), which MLM masking needs; set "
+                f"{CONFIG_PREFIX}.heads.mlm.mask_token_id and special_token_ids"
+            )
+        if mask_token_id is None:
+            mask_token_id = ids[MASK_TOKEN]
+        if special_ids is None:
+            special_ids = [ids[token] for token in SPECIAL_TOKENS]
+        return int(mask_token_id), [int(i) for i in special_ids]
+
+    def _load_image_tokenizer(self):
+        """The frozen VQ-VAE whose codes are the MPFC targets (SPEC §2, §9)."""
+        mpfc = self.config.heads.mpfc
+        key = f"{CONFIG_PREFIX}.heads.mpfc.tokenizer_checkpoint"
+        if mpfc.get("tokenizer_checkpoint") is None:
+            raise ValueError(
+                f"training task 'mpfc' needs {key}: the checkpoint of a trained image "
+                f"tokenizer. Train one with `{TOKENIZER_TRAINING_COMMAND}` (dataset images "
+                "normalised with mean = std = 0.5, see mmf_fashionvil/image_tokenizer.py) "
+                "and set the key to <dir>/best.ckpt or <dir>/current.ckpt"
+            )
+        tokenizer = load_image_tokenizer(mpfc.tokenizer_checkpoint).requires_grad_(False)
+        source = f"{key}={mpfc.tokenizer_checkpoint}"
+        if tokenizer.codebook_size != int(mpfc.num_codes):
+            raise ValueError(
+                f"{source} has {tokenizer.codebook_size} codes but "
+                f"{CONFIG_PREFIX}.heads.mpfc.num_codes={mpfc.num_codes}: set them equal"
+            )
+        image_size = self.config.image_encoder.get("image_size", 224)
+        encoder_side = grid_side(image_size)
+        if tokenizer.grid_size != encoder_side:
+            raise ValueError(
+                f"{source} gives a {tokenizer.grid_size}x{tokenizer.grid_size} code grid "
+                f"(image_size {tokenizer.config.image_size} / stride {tokenizer.stride}) but "
+                f"the image encoder gives a {encoder_side}x{encoder_side} grid at "
+                f"{CONFIG_PREFIX}.image_encoder.image_size={image_size}: the codes must align "
+                "one-to-one with the grid patches"
+            )
+        return tokenizer
 
     def _init_bert_style(self, module):
         std = self.bert_config.initializer_range
@@ -415,9 +528,41 @@ class FashionViL(BaseModel):
 
     def forward(self, sample_list):
         task = self.task_of(sample_list)
+        if task in TASKS_WITH_HEADS:
+            self._head(task)  # fail before any work when the head was not built
         if task in ("itc", "xmr"):
             return self.forward_two_stream(sample_list)
-        raise NotImplementedError(f"FashionViL has no forward branch for task '{task}' yet")
+        if task == "pac":
+            return self.forward_pac(sample_list)
+        random_branches = {"itm": self.forward_itm, "mlm": self.forward_mlm,
+                           "mpfc": self.forward_mpfc, "mvc": self.forward_mvc}
+        if task not in random_branches:
+            raise NotImplementedError(f"FashionViL has no forward branch for task '{task}' yet")
+        return random_branches[task](sample_list, self.batch_generator())
+
+    @staticmethod
+    def batch_generator():
+        """CPU generator for one batch's random choices: seeded from torch's global RNG
+        (seeded and checkpointed per rank by the trainer, so resume is exact) XOR the rank,
+        so that ranks draw differently even when their global RNGs agree."""
+        seed = int(torch.randint(2**31, (1,)))
+        return torch.Generator().manual_seed(seed ^ get_rank())
+
+    def _head(self, task):
+        head = getattr(self, f"{task}_head", None)
+        if head is None:
+            raise ValueError(
+                f"task '{task}' has no head: it was not in {CONFIG_PREFIX}.training_tasks "
+                f"({self.training_tasks}) when the model was built"
+            )
+        return head
+
+    @staticmethod
+    def _field(sample_list, name, task):
+        value = sample_list.get(name)
+        if value is None:
+            raise ValueError(f"task '{task}' needs the batch field '{name}', which is missing")
+        return value
 
     def forward_two_stream(self, sample_list):
         """ITC pre-training and XMR fine-tuning: late fusion of IE(v) and TE(w)."""
@@ -428,6 +573,187 @@ class FashionViL(BaseModel):
             "text_embedding": text_embedding,
             "scale": self.embedding_norm.scale.detach(),
         }
+
+    def forward_itm(self, sample_list, generator):
+        """ITM: FE([w; v]) [CLS] -> itm_head on the B matching pairs followed by B
+        non-matching ones (50 % negatives, SPEC §2): each image with a hard negative text
+        drawn from softmax(s^2 cos) of the ITC similarities of the local images against the
+        texts of ALL ranks, excluding every text of the image's product (SPEC §9).
+
+        Negatives are image -> text only: a text -> image negative would need other ranks'
+        images (or their visual tokens with gradient); the text side of the similarity is
+        gathered without gradient, as it is only used for sampling.
+        """
+        input_ids, input_mask = sample_list["input_ids"], sample_list["input_mask"]
+        product_ids = self._field(sample_list, "id", "itm").view(-1).to(input_ids)
+        visual_tokens, image_embedding = self.encode_image(sample_list["image"])
+        with torch.no_grad():
+            _, text_embedding = self.encode_text(input_ids, input_mask)
+            ranks = torch.full_like(product_ids, get_rank())
+            # all_gather_with_grad under no_grad = a plain gather (rank order).
+            all_texts = all_gather_with_grad(
+                torch.cat([input_ids, input_mask.to(input_ids), product_ids[:, None],
+                           ranks[:, None]], 1)
+            )
+            all_text_embedding = all_gather_with_grad(text_embedding)
+            length = input_ids.size(1)
+            all_ids, all_mask = all_texts[:, :length], all_texts[:, length:2 * length]
+            all_products, all_ranks = all_texts[:, -2], all_texts[:, -1]
+            first_row = int((all_ranks < get_rank()).sum())
+            positives = torch.arange(first_row, first_row + len(product_ids),
+                                     device=input_ids.device)
+            negatives = hard_negative_indices(
+                image_embedding.detach() @ all_text_embedding.t(), positives, product_ids,
+                all_products, generator,
+            )
+        pair_ids = torch.cat([input_ids, all_ids[negatives]])
+        pair_mask = torch.cat([input_mask, all_mask[negatives].to(input_mask)])
+        pair_visual = torch.cat([visual_tokens, visual_tokens])
+        cls_output = self.fuse(pair_ids, pair_mask, pair_visual)[:, 0]
+        batch = len(product_ids)
+        labels = torch.cat([torch.ones(batch), torch.zeros(batch)]).long()
+        return {"itm_logits": self._head("itm")(cls_output),
+                "itm_labels": labels.to(input_ids.device)}
+
+    def mlm_inputs(self, sample_list, generator):
+        """(masked_input_ids, labels) [B, L] (labels -100 where not masked): the batch's
+        ``masked_input_ids`` / ``lm_label_ids`` when the dataset provides them, else drawn
+        here by whole-word masking (masking.py) of ``input_ids`` using ``word_ids``."""
+        given = [name in sample_list for name in ("masked_input_ids", "lm_label_ids")]
+        if all(given):
+            return sample_list["masked_input_ids"], sample_list["lm_label_ids"]
+        if any(given):
+            raise ValueError("the batch has only one of masked_input_ids / lm_label_ids")
+        input_ids, word_ids = sample_list["input_ids"], sample_list.get("word_ids")
+        if word_ids is None:
+            raise ValueError(
+                "task 'mlm' needs the batch field 'word_ids' to draw whole-word masks (or "
+                "dataset-made masked_input_ids + lm_label_ids)"
+            )
+        if self.mlm_token_ids is None:
+            raise ValueError(
+                "MLM masks are drawn in the model (the batch has no masked_input_ids / "
+                "lm_label_ids) but the [MASK] id is unknown: set "
+                f"{CONFIG_PREFIX}.bert.vocab_file, or {CONFIG_PREFIX}.heads.mlm.mask_token_id "
+                "and special_token_ids"
+            )
+        mask_token_id, special_ids = self.mlm_token_ids
+        mask_prob = float(self.config.get("heads", {}).get("mlm", {}).get("mask_prob", 0.15))
+        rows = [
+            whole_word_mask(ids, words, generator, mask_token_id=mask_token_id,
+                            vocab_size=self.bert_config.vocab_size, special_ids=special_ids,
+                            mask_prob=mask_prob)
+            for ids, words in zip(input_ids.cpu(), word_ids.cpu())
+        ]
+        masked_input_ids = torch.stack([row[0] for row in rows]).to(input_ids.device)
+        labels = torch.stack([row[1] for row in rows]).to(input_ids.device)
+        return masked_input_ids, labels
+
+    def forward_mlm(self, sample_list, generator):
+        """MLM: FE([masked w; v]) -> the tied MLM head, evaluated at the masked text
+        positions only (a [B, L, V] logit tensor would be ~7x larger for nothing).
+
+        ``mlm_logits`` [M, V] and ``mlm_labels`` [M] list the M masked positions of the
+        batch in row-major order.
+        """
+        masked_input_ids, labels = self.mlm_inputs(sample_list, generator)
+        visual_tokens, _ = self.encode_image(sample_list["image"])
+        sequence = self.fuse(masked_input_ids, sample_list["input_mask"], visual_tokens)
+        masked = labels != IGNORE_INDEX
+        text_outputs = sequence[:, : masked_input_ids.size(1)]
+        return {"mlm_logits": self._head("mlm")(text_outputs[masked]),
+                "mlm_labels": labels[masked]}
+
+    def mpfc_patch_mask(self, sample_list, grid_shape, generator):
+        """BoolTensor [B, h * w] (True = masked, row-major): the batch's ``patch_mask``
+        when the dataset provides it, else block-wise masks drawn here (masking.py) with
+        ``heads.mpfc.mask_ratio`` (default the paper's 0.25)."""
+        batch, (grid_h, grid_w) = len(sample_list["image"]), grid_shape
+        patch_mask = sample_list.get("patch_mask")
+        if patch_mask is not None:
+            if tuple(patch_mask.shape) != (batch, grid_h * grid_w):
+                raise ValueError(
+                    f"patch_mask has shape {tuple(patch_mask.shape)}, expected "
+                    f"({batch}, {grid_h * grid_w}) for the {grid_h}x{grid_w} image grid"
+                )
+            return patch_mask.bool()
+        ratio = float(self.config.heads.mpfc.get("mask_ratio", 0.25))
+        masks = [block_patch_mask(grid_h, grid_w, generator, mask_ratio=ratio)
+                 for _ in range(batch)]
+        return torch.stack(masks).to(sample_list["image"].device)
+
+    def mpfc_targets(self, image):
+        """Code ids [B, N] of the frozen image tokenizer for the full images, computed in
+        fp32 (outside autocast) from the tokenizer's [-1, 1] input: the dataset's
+        normalisation (``heads.mpfc.image_mean`` / ``image_std``) is undone first."""
+        mpfc = self.config.heads.mpfc
+        tokenizer = self.image_tokenizer.to(image.device)
+        with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
+            tokenizer_input = to_tokenizer_input(
+                image.float(), list(mpfc.image_mean), list(mpfc.image_std)
+            )
+            return tokenizer.tokenize(tokenizer_input)
+
+    def forward_mpfc(self, sample_list, generator):
+        """MPFC: FE([w; v_masked]) -> mpfc_head on the visual positions; the targets are
+        the tokenizer's codes of the full image at the masked patches (-100 elsewhere).
+
+        As in the authors' code, patches are zeroed AFTER the ConvNet (SPEC §9), which
+        therefore sees the whole image: its receptive fields overlap, so the features of
+        unmasked neighbours still carry information about a masked patch (a leak; masking
+        pixels before the ConvNet would avoid it but feed the ConvNet images with holes)."""
+        image = sample_list["image"]
+        grid_shape = (grid_side(image.size(2)), grid_side(image.size(3)))
+        patch_mask = self.mpfc_patch_mask(sample_list, grid_shape, generator)
+        codes = self.mpfc_targets(image)
+        if codes.shape != patch_mask.shape:
+            raise ValueError(
+                f"the image tokenizer gives {codes.shape[1]} codes per image but the image "
+                f"encoder a {grid_shape[0]}x{grid_shape[1]} grid for images of "
+                f"{tuple(image.shape[2:])} px"
+            )
+        grid = self.image_grid_features(image).masked_fill(patch_mask[..., None], 0.0)
+        visual_tokens = self.visual_projection(grid)
+        input_ids = sample_list["input_ids"]
+        sequence = self.fuse(input_ids, sample_list["input_mask"], visual_tokens)
+        return {"mpfc_logits": self._head("mpfc")(sequence[:, input_ids.size(1):]),
+                "mpfc_labels": codes.masked_fill(~patch_mask, IGNORE_INDEX)}
+
+    def forward_mvc(self, sample_list, generator):
+        """MVC: the composed embedding g(mean FE([w; view d])) of the text and ``image``
+        against the image embedding g(IE(view v)) of ``image_view2`` (the InfoNCE is in
+        losses.py). While training, ``heads.mvc.token_drop`` (default 0.25) of the text and
+        of the visual tokens of each row are dropped from attention (SPEC §9)."""
+        image = sample_list["image"]
+        view = self._field(sample_list, "image_view2", "mvc")
+        input_ids, input_mask = sample_list["input_ids"], sample_list["input_mask"]
+        text_mask, visual_mask = input_mask, None
+        token_drop = float(self.config.get("heads", {}).get("mvc", {}).get("token_drop", 0.25))
+        if self.training and token_drop > 0:
+            num_visual = grid_side(image.size(2)) * grid_side(image.size(3))
+            text_mask = drop_tokens_at_random(input_mask, token_drop, generator)
+            visual_mask = drop_tokens_at_random(
+                input_mask.new_ones(len(image), num_visual), token_drop, generator
+            )
+        _, view_embedding = self.encode_image(view)
+        return {"composed_embedding": self.compose(input_ids, text_mask, image, visual_mask),
+                "view_embedding": view_embedding}
+
+    def forward_pac(self, sample_list):
+        """PAC: the one cosine classifier ``pac_head`` on the pooled image embedding and on
+        the pooled text embedding (two-stream); multi-hot labels from the batch."""
+        labels = self._field(sample_list, "attribute_labels", "pac")
+        head = self._head("pac")
+        if labels.dim() != 2 or labels.size(1) != head.weight.size(0):
+            raise ValueError(
+                f"attribute_labels have shape {tuple(labels.shape)}, expected [batch, "
+                f"{head.weight.size(0)}] ({CONFIG_PREFIX}.heads.pac.num_attributes)"
+            )
+        _, image_embedding = self.encode_image(sample_list["image"])
+        _, text_embedding = self.encode_text(sample_list["input_ids"], sample_list["input_mask"])
+        return {"pac_image_logits": head(image_embedding),
+                "pac_text_logits": head(text_embedding),
+                "pac_labels": labels.float()}
 
     # --------------------------------------------------------------- optimizer
     def get_optimizer_parameters(self, config):

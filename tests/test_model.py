@@ -218,8 +218,10 @@ def test_forward_two_stream_branch(model, task):
     assert output["scale"].item() == pytest.approx(4.0)
 
 
-def test_forward_rejects_tasks_without_a_branch(model):
-    with pytest.raises(NotImplementedError, match="mlm"):
+def test_forward_rejects_tasks_without_a_branch_or_head(model):
+    with pytest.raises(NotImplementedError, match="tgir"):
+        model.forward(sample_batch("tgir"))
+    with pytest.raises(ValueError, match="'mlm' has no head.*training_tasks"):
         model.forward(sample_batch("mlm"))
     with pytest.raises(ValueError, match="training_tasks"):
         build(tiny_config(training_tasks=["itc", "captioning"]))
@@ -320,23 +322,54 @@ def test_local_resnet_state_dict_is_loaded(tmp_path):
         build(tiny_config(image_encoder={"arch": "resnet18", "pretrained": str(path)}))
 
 
-def all_heads_model():
+def save_tiny_image_tokenizer(path, image_size=64, codebook_size=12):
+    """Writes a checkpoint as our trainer saves it ({"model", "config"}) of a tiny VQ-VAE
+    with stride 32 (the ResNet grid's) whose codebook was seeded from encoded images, so
+    that different patches get different codes. Returns the tokenizer."""
+    from mmf_fashionvil.image_tokenizer import DEFAULTS_YAML as TOKENIZER_YAML, ImageTokenizer
+
+    config = OmegaConf.merge(
+        OmegaConf.load(TOKENIZER_YAML).model_config.fashionvil_image_tokenizer,
+        {"image_size": image_size, "stride": 32, "base_channels": 4,
+         "channel_multipliers": [1, 1, 1, 1, 1, 1], "num_res_blocks": 1,
+         "bottleneck_attention": False, "latent_dim": 8, "codebook_size": codebook_size},
+    )
+    torch.manual_seed(0)
+    tokenizer = ImageTokenizer(config)
+    tokenizer.build()
+    with torch.no_grad():
+        tokenizer.quantize(tokenizer.encode(torch.randn(8, 3, image_size, image_size)),
+                           update_codebook=True)
+    container = {"model_config": {"fashionvil_image_tokenizer": OmegaConf.to_container(config)}}
+    torch.save({"model": tokenizer.state_dict(), "config": container}, path)
+    return tokenizer.eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.ckpt"
+    save_tiny_image_tokenizer(path)
+    return str(path)
+
+
+def all_heads_model(tokenizer_checkpoint):
     tasks = ["itc", "itm", "mlm", "mpfc", "mvc", "pac"]
-    return build(tiny_config(training_tasks=tasks, heads={"mpfc": {"num_codes": 12},
-                                                          "pac": {"num_attributes": 9}}))
+    heads = {"mpfc": {"num_codes": 12, "tokenizer_checkpoint": tokenizer_checkpoint},
+             "pac": {"num_attributes": 9}}
+    return build(tiny_config(training_tasks=tasks, heads=heads))
 
 
-def test_heads_are_built_only_for_trained_tasks(model):
+def test_heads_are_built_only_for_trained_tasks(model, tokenizer_checkpoint):
     heads = ("itm_head", "mlm_head", "mpfc_head", "pac_head")
     assert not any(hasattr(model, head) for head in heads)
-    full = all_heads_model()
+    full = all_heads_model(tokenizer_checkpoint)
     assert full.mpfc_head.out_features == 12 and full.pac_head.weight.shape == (9, 16)
     with pytest.raises(ValueError, match="heads.pac.num_attributes"):
         build(tiny_config(training_tasks=["pac"]))
 
 
-def test_mlm_head_is_tied_to_word_embeddings():
-    model = all_heads_model()
+def test_mlm_head_is_tied_to_word_embeddings(tokenizer_checkpoint):
+    model = all_heads_model(tokenizer_checkpoint)
     decoder = model.mlm_head.predictions.decoder
     assert decoder.weight is model.embeddings.word_embeddings.weight
     hidden = torch.randn(2, 3, WIDTH)
@@ -347,8 +380,8 @@ def test_mlm_head_is_tied_to_word_embeddings():
         torch.testing.assert_close(model.mlm_head(hidden), expected)
 
 
-def test_pac_head_is_a_scaled_cosine_classifier():
-    head = all_heads_model().pac_head
+def test_pac_head_is_a_scaled_cosine_classifier(tokenizer_checkpoint):
+    head = all_heads_model(tokenizer_checkpoint).pac_head
     features = torch.randn(4, 16)
     with torch.no_grad():
         logits = head(features)
@@ -358,8 +391,8 @@ def test_pac_head_is_a_scaled_cosine_classifier():
             assert logits[row, cls].item() == pytest.approx(10.0 * cos.item(), abs=1e-5)
 
 
-def test_param_groups_partition_parameters_with_lr_and_decay_rules():
-    model = all_heads_model()
+def test_param_groups_partition_parameters_with_lr_and_decay_rules(tokenizer_checkpoint):
+    model = all_heads_model(tokenizer_checkpoint)
     groups = model.get_optimizer_parameters(OPTIMIZER_CONFIG)
     grouped = [id(p) for group in groups for p in group["params"]]
     assert len(grouped) == len(set(grouped))
