@@ -136,7 +136,7 @@ def parse_tasks(model_config):
         return [], []
     tasks = [tasks] if isinstance(tasks, str) else [str(t) for t in tasks]
     given = model_config.get("task_probabilities")
-    if given is None:
+    if given is None or len(tasks) == 1:  # one task: nothing to draw
         weights = [1.0] * len(tasks)
     elif OmegaConf.is_dict(given) or isinstance(given, dict):
         missing = [t for t in tasks if t not in given]

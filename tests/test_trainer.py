@@ -723,3 +723,15 @@ def test_two_ranks_only_rank0_logs_and_metrics_cover_the_whole_split(two_rank_ru
     assert single["metrics"].keys() == distributed_metrics.keys()
     for key, value in single["metrics"].items():
         assert distributed_metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_a_single_training_task_needs_no_probability_entry():
+    from omegaconf import OmegaConf
+
+    from mmf_fashionvil.trainer import parse_tasks
+
+    config = OmegaConf.create({"training_tasks": ["xmr"], "task_probabilities": {"itc": 0.5, "mlm": 0.5}})
+    assert parse_tasks(config) == (["xmr"], [1.0])
+    config = OmegaConf.create({"training_tasks": ["itc", "xmr"], "task_probabilities": {"itc": 0.5}})
+    with pytest.raises(ValueError, match="no entry for training task"):
+        parse_tasks(config)
