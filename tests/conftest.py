@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 
@@ -28,3 +29,10 @@ def run_command(command, timeout=600, env=None, cwd=REPO):
         text=True, timeout=timeout,
     )
     return result.returncode, result.stdout
+
+
+def free_port():
+    """A TCP port nobody listens on now, for a test's own process group."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -1,6 +1,5 @@
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from mmf_fashionvil.losses import (
     masked_cross_entropy,
     soft_label_cross_entropy,
 )
+from conftest import free_port
 
 
 def nll(logit_row, target):
@@ -237,15 +237,9 @@ def _two_rank_worker(rank, world_size, port, out_dir):
         torch.distributed.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_itc_over_two_gloo_ranks_equals_single_process_loss(tmp_path):
     world_size = len(ROWS_PER_RANK)
-    mp.spawn(_two_rank_worker, args=(world_size, _free_port(), str(tmp_path)),
+    mp.spawn(_two_rank_worker, args=(world_size, free_port(), str(tmp_path)),
              nprocs=world_size, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world_size)]
 

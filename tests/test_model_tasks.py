@@ -1,7 +1,6 @@
 """FashionViL pre-training branches (ITM, MLM, MPFC, MVC, PAC): outputs, labels, masks,
 hard negatives (also over two gloo ranks), token dropping, frozen tokenizer, gradients."""
 import os
-import socket
 
 import pytest
 import torch
@@ -16,6 +15,8 @@ from mmf_fashionvil.image_tokenizer import load_image_tokenizer, to_tokenizer_in
 from mmf_fashionvil.masking import IGNORE_INDEX, num_masked_patches, whole_word_mask
 from mmf_fashionvil.model import DEFAULTS_YAML, drop_tokens_at_random
 from test_model import VOCAB, build, save_tiny_image_tokenizer, tiny_config
+
+from conftest import free_port
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 SPECIAL_IDS = [PAD, UNK, CLS, SEP, MASK]
@@ -271,17 +272,11 @@ def _itm_rank_worker(rank, world_size, port, tokenizer_checkpoint, out_dir):
         torch.distributed.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_itm_negatives_come_from_every_rank_and_never_the_same_product(
         tokenizer_checkpoint, tmp_path):
     world_size = len(ROWS_PER_RANK)
     mp.spawn(_itm_rank_worker,
-             args=(world_size, _free_port(), tokenizer_checkpoint, str(tmp_path)),
+             args=(world_size, free_port(), tokenizer_checkpoint, str(tmp_path)),
              nprocs=world_size, join=True)
     all_products = RANK_PRODUCTS[0] + RANK_PRODUCTS[1]
     for rank in range(world_size):

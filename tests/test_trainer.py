@@ -7,7 +7,6 @@ import copy
 import json
 import math
 import os
-import socket
 import sys
 import time
 
@@ -34,6 +33,7 @@ from mmf_fashionvil.trainer import (
     save_atomic,
     schedule_factor,
 )
+from conftest import free_port
 
 FEATURES = 4
 
@@ -610,12 +610,6 @@ DDP_SETTINGS = [
 ]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_rank_worker(rank, world_size, port, out_dir):
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
@@ -650,7 +644,7 @@ def _two_rank_worker(rank, world_size, port, out_dir):
 def two_rank_run(tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp("two_ranks"))
     context = torch.multiprocessing.spawn(
-        _two_rank_worker, args=(2, _free_port(), out_dir), nprocs=2, join=False
+        _two_rank_worker, args=(2, free_port(), out_dir), nprocs=2, join=False
     )
     deadline = time.time() + 240
     while not context.join(timeout=5):
