@@ -73,6 +73,11 @@ def load_image(path):
         raise DataError(f"Image file '{path}' cannot be read (corrupt?): {e}") from None
 
 
+def image_items(products):
+    """(product index, image index) for every image, in order: the evaluation items."""
+    return [(p, i) for p, product in enumerate(products) for i in range(len(product["images"]))]
+
+
 class ProductDatabase:
     """Products of an info JSON (FashionGen, Fashion200k, Polyvore pre-training):
     ``{"id", "images": [paths relative to the dataset root], "title",
@@ -102,10 +107,7 @@ class ProductDatabase:
                     "subcategory_id": int(entry.get("subcategory_id", -1)),
                 }
             )
-        # (product index, image index) for every image, in file order.
-        self.image_items = [
-            (p, i) for p, product in enumerate(self.products) for i in range(len(product["images"]))
-        ]
+        self.image_items = image_items(self.products)
 
     def __len__(self):
         return len(self.products)

@@ -8,19 +8,20 @@ Fields beyond the two-stream ones (see fashiongen/dataset.py):
 - ``attribute_labels``: multi-hot PAC labels from the attribute miner's files.
 Masks for MLM and MPFC are drawn in the model (masking.py), not here.
 """
-import json
 import os
 
 import torch
 from mmf.common.sample import Sample
 
-from mmf_fashionvil.data.base import DataError, FashionDataset, ProductDatabase, load_image
+from mmf_fashionvil.data.base import (
+    DataError, FashionDataset, ProductDatabase, image_items, load_image, read_json,
+)
 
 
 class FashionPretrainingDataset(FashionDataset):
     def __init__(self, config, dataset_type):
         super().__init__("fashion_pretraining", config, dataset_type)
-        self.products, self.sources = [], []
+        self.products = []
         for source, files in config.sources.items():
             annotation = files.get(dataset_type)
             if not annotation:
@@ -30,15 +31,13 @@ class FashionPretrainingDataset(FashionDataset):
             for product in database.products:
                 product = dict(product, attributes=labels.get(str(product["id"]), []))
                 self.products.append(product)
-            self.sources.append((source, len(database)))
         if not self.products:
             raise DataError(f"fashion_pretraining: no source has a '{dataset_type}' split")
         self.num_attributes = self._num_attributes(config)
         if self.is_train:
             self.items = [(p, None) for p in range(len(self.products))]
         else:
-            self.items = [(p, i) for p, product in enumerate(self.products)
-                          for i in range(len(product["images"]))]
+            self.items = image_items(self.products)
 
     @staticmethod
     def has_split(config, dataset_type):
@@ -58,8 +57,7 @@ class FashionPretrainingDataset(FashionDataset):
                 f"Attribute vocabulary '{path}' does not exist: run "
                 f"`python -m mmf_fashionvil.attributes --data-dir <data_dir>` first"
             )
-        with open(path) as f:
-            return len(json.load(f)["vocabulary"])
+        return len(read_json(path)["vocabulary"])
 
     def _attribute_labels(self, config, source, split, database):
         split_name = os.path.splitext(os.path.basename(database.path))[0].replace("_info", "")
@@ -68,8 +66,7 @@ class FashionPretrainingDataset(FashionDataset):
             return {}
         if not os.path.isfile(path):
             raise DataError(f"Attribute labels '{path}' do not exist (re-run the attribute miner)")
-        with open(path) as f:
-            return json.load(f)
+        return read_json(path)
 
     def __len__(self):
         return len(self.items)
