@@ -21,6 +21,7 @@ and dropped tokens (MVC) are always drawn here. All of these come from one CPU
 checkpoints per rank, so a resumed run draws the same) XOR the rank.
 """
 import copy
+import json
 import os
 from collections import OrderedDict
 
@@ -291,6 +292,14 @@ class FashionViL(BaseModel):
                 f"non-empty list from {PRETRAINING_TASKS + DOWNSTREAM_TASKS}"
             )
 
+        evaluation_task = config.get("evaluation_task")
+        known_tasks = PRETRAINING_TASKS + DOWNSTREAM_TASKS
+        if evaluation_task is not None and evaluation_task not in known_tasks:
+            raise ValueError(
+                f"model_config.fashionvil.evaluation_task={evaluation_task}: expected one of "
+                f"{known_tasks}"
+            )
+
         image_config = config.image_encoder
         self.image_encoder = GridImageEncoder(image_config.arch, image_config.get("width_base", 64))
         pretrained_bert = self._load_pretrained_bert()
@@ -306,14 +315,14 @@ class FashionViL(BaseModel):
         self.image_projection = nn.Linear(width, embedding_dim)  # g (image and composed side)
         self.text_projection = nn.Linear(width, embedding_dim)  # f
         self.embedding_norm = ScaledL2Norm(config.get("initial_scale", 4.0))
-        self._build_task_heads(width, embedding_dim)
-        self.mlm_token_ids = self._mlm_token_ids() if "mlm" in self.training_tasks else None
         # The frozen MPFC target tokenizer is kept outside the module tree (set past
         # nn.Module.__setattr__): it is not trained, so it stays out of the parameters
         # (optimizer groups, DDP), the state dict (checkpoints) and .to()/.train();
         # ``mpfc_targets`` moves it to the images' device and it is always in eval mode.
         tokenizer = self._load_image_tokenizer() if "mpfc" in self.training_tasks else None
         object.__setattr__(self, "image_tokenizer", tokenizer)
+        self._build_task_heads(width, embedding_dim)
+        self.mlm_token_ids = self._mlm_token_ids() if "mlm" in self.training_tasks else None
 
         for name, module in self.named_children():
             if name != "image_encoder":
@@ -365,17 +374,33 @@ class FashionViL(BaseModel):
         if "mlm" in tasks:
             self.mlm_head = BertOnlyMLMHead(self.bert_config)
         if "mpfc" in tasks:
-            self.mpfc_head = nn.Linear(width, heads.mpfc.num_codes)  # on FE visual outputs
+            # on FE visual outputs, one class per tokenizer code
+            self.mpfc_head = nn.Linear(width, self.image_tokenizer.codebook_size)
         if "pac" in tasks:
-            num_attributes = heads.get("pac", {}).get("num_attributes")
-            if num_attributes is None:
-                raise ValueError(
-                    "training task 'pac' needs model_config.fashionvil.heads.pac.num_attributes"
-                    " (the size of the mined attribute vocabulary)"
-                )
+            num_attributes = self._num_attributes(heads.get("pac", {}))
             self.pac_head = CosineClassifier(
                 embedding_dim, num_attributes, heads.pac.get("initial_logit_scale", 10.0)
             )
+
+    @staticmethod
+    def _num_attributes(pac):
+        """``heads.pac.num_attributes``, else the length of the vocabulary in
+        ``heads.pac.attributes_file`` (the attribute miner's attributes.json)."""
+        if pac.get("num_attributes") is not None:
+            return int(pac.num_attributes)
+        path = pac.get("attributes_file")
+        if path is None:
+            raise ValueError(
+                f"training task 'pac' needs {CONFIG_PREFIX}.heads.pac.attributes_file (the "
+                "attribute miner's attributes.json) or heads.pac.num_attributes"
+            )
+        if not os.path.isfile(str(path)):
+            raise ValueError(
+                f"{CONFIG_PREFIX}.heads.pac.attributes_file={path} does not exist: run "
+                "`python -m mmf_fashionvil.attributes --data-dir <data_dir>` first"
+            )
+        with open(str(path), encoding="utf-8") as handle:
+            return len(json.load(handle)["vocabulary"])
 
     def _mlm_token_ids(self):
         """(mask token id, special token ids) for MLM masks drawn in the model:
@@ -420,7 +445,7 @@ class FashionViL(BaseModel):
             )
         tokenizer = load_image_tokenizer(mpfc.tokenizer_checkpoint).requires_grad_(False)
         source = f"{key}={mpfc.tokenizer_checkpoint}"
-        if tokenizer.codebook_size != int(mpfc.num_codes):
+        if mpfc.get("num_codes") is not None and tokenizer.codebook_size != int(mpfc.num_codes):
             raise ValueError(
                 f"{source} has {tokenizer.codebook_size} codes but "
                 f"{CONFIG_PREFIX}.heads.mpfc.num_codes={mpfc.num_codes}: set them equal"
@@ -516,9 +541,14 @@ class FashionViL(BaseModel):
 
     # ----------------------------------------------------------------- forward
     def task_of(self, sample_list):
-        """The batch's task: ``sample_list.task`` if present, else the first training task."""
+        """The batch's task: ``sample_list.task`` if present (the trainer sets it for training
+        steps); else, in evaluation, ``evaluation_task`` when configured (pre-training
+        evaluates by retrieval, whatever it trains); else the first training task."""
         task = sample_list.get("task")
         if task is None:
+            evaluation_task = self.config.get("evaluation_task")
+            if not self.training and evaluation_task is not None:
+                return evaluation_task
             return self.training_tasks[0]
         if isinstance(task, (list, tuple)):
             if len(set(task)) != 1:

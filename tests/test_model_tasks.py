@@ -489,6 +489,11 @@ def test_mpfc_configuration_errors(tmp_path, tokenizer_checkpoint):
     assert no_mpfc.image_tokenizer is None and not hasattr(no_mpfc, "mpfc_head")
 
 
+def test_mpfc_classes_default_to_the_tokenizer_codebook(tokenizer_checkpoint):
+    model = build(task_config(tokenizer_checkpoint, heads={"mpfc": {"num_codes": None}}))
+    assert model.mpfc_head.out_features == NUM_CODES
+
+
 # ---------------------------------------------------------------------------------- MVC
 def test_drop_tokens_at_random_counts_by_hand():
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0],   # 7 real -> round(1.75) = 2 dropped
@@ -591,3 +596,31 @@ def test_pac_label_errors(model):
     del batch["attribute_labels"]
     with pytest.raises(ValueError, match="attribute_labels"):
         model.forward_pac(batch)
+
+
+def test_pac_classes_from_the_miners_vocabulary_file(tmp_path, tokenizer_checkpoint):
+    vocabulary_file = tmp_path / "attributes.json"
+    vocabulary_file.write_text('{"vocabulary": ["red", "dress", "striped"], "counts": {}}')
+    heads = {"pac": {"num_attributes": None, "attributes_file": str(vocabulary_file)}}
+    model = build(task_config(tokenizer_checkpoint, heads=heads))
+    assert model.pac_head.weight.shape[0] == 3
+    missing = {"pac": {"num_attributes": None, "attributes_file": str(tmp_path / "none.json")}}
+    with pytest.raises(ValueError, match="none.json does not exist.*mmf_fashionvil.attributes"):
+        build(task_config(tokenizer_checkpoint, heads=missing))
+
+
+# ------------------------------------------------------------------------ evaluation task
+def test_evaluation_batches_run_the_configured_evaluation_task(tokenizer_checkpoint):
+    model = build(task_config(tokenizer_checkpoint, training_tasks=["mlm", "itc"],
+                              evaluation_task="itc"))
+    batch = pretraining_batch()
+    model.eval()
+    with torch.no_grad():
+        assert "image_embedding" in model.forward(batch)  # itc, although mlm is listed first
+        batch.task = "mlm"
+        assert "mlm_logits" in model.forward(batch)  # a task named by the batch wins
+    model.train()
+    del batch["task"]
+    assert "mlm_logits" in model.forward(batch)  # training without a task: the first training task
+    with pytest.raises(ValueError, match="evaluation_task=tgx"):
+        build(task_config(tokenizer_checkpoint, evaluation_task="tgx"))
