@@ -11,40 +11,11 @@ import argparse
 import json
 import math
 import os
-import shlex
-import subprocess
-import sys
 import time
 
-CONFIGS = "projects/fashionvil/configs"
+from mmf_fashionvil.runs import CONFIGS, last_eval, markdown_table, metric, mmf_run
+
 KS = (1, 5, 10)
-
-
-def mmf_run(args, log_path):
-    """Runs one mmf_run process; its output goes to log_path (and the tail, on failure, to us)."""
-    command = [os.path.join(os.path.dirname(sys.executable), "mmf_run"), *args]
-    print("$", " ".join(shlex.quote(a) for a in command), flush=True)
-    start = time.time()
-    with open(log_path, "w") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        with open(log_path) as log:
-            sys.stderr.write("".join(log.readlines()[-40:]))
-        raise SystemExit(f"mmf_run failed (exit {result.returncode}); full log: {log_path}")
-    print(f"  done in {time.time() - start:.0f} s, log: {log_path}", flush=True)
-
-
-def last_eval(save_dir, split):
-    """The last evaluation record of a split from the trainer's eval_log.jsonl."""
-    records = []
-    with open(os.path.join(save_dir, "eval_log.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            if record.get("split") == split:
-                records.append(record)
-    if not records:
-        raise SystemExit(f"no {split} evaluation in {save_dir}/eval_log.jsonl")
-    return records[-1]["metrics"]
 
 
 def chance_recall(catalog_dir):
@@ -114,23 +85,13 @@ def main(argv=None):
     chance = chance_recall(catalog)
     print(f"\nFashionGen-format synthetic catalog, val split, full ranking "
           f"(R@K in %, {time.time() - started:.0f} s total)")
-    header = "| model | " + " | ".join(f"ITR R@{k}" for k in KS) + " | " + \
-        " | ".join(f"TIR R@{k}" for k in KS) + " |"
-    print(header)
-    print("|" + "---|" * (1 + 2 * len(KS)))
-    print("| chance | " + " | ".join(f"{chance[k][0]:.1f}" for k in KS) + " | " +
-          " | ".join(f"{chance[k][1]:.1f}" for k in KS) + " |")
+    header = ["model"] + [f"ITR R@{k}" for k in KS] + [f"TIR R@{k}" for k in KS]
+    rows = [["chance"] + [chance[k][0] for k in KS] + [chance[k][1] for k in KS]]
     for name, metrics in table.items():
-        cells = [metrics[_metric_key(metrics, f"itr_r@{k}")] for k in KS] + \
-            [metrics[_metric_key(metrics, f"tir_r@{k}")] for k in KS]
-        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in cells) + " |")
-
-
-def _metric_key(metrics, suffix):
-    matches = [k for k in metrics if k.endswith(suffix)]
-    if len(matches) != 1:
-        raise SystemExit(f"expected one metric ending in {suffix}, found {matches}")
-    return matches[0]
+        # Full ranking ("general"); xmr_tiny.yaml may also report sample-100 ("kaleido").
+        rows.append([name] + [metric(metrics, f"general/itr_r@{k}") for k in KS]
+                    + [metric(metrics, f"general/tir_r@{k}") for k in KS])
+    print(markdown_table(header, rows))
 
 
 if __name__ == "__main__":

@@ -230,14 +230,18 @@ def _two_rank_worker(rank, world_size, port, out_dir):
         train_loss = itc({"dataset_type": "train"}, outputs)
         train_loss.backward()
         val_loss = itc({"dataset_type": "val"}, outputs)
+        # MVC contrasts composed and view embeddings with the same gathered InfoNCE.
+        mvc_loss = losses.MultiViewContrastiveLoss()(
+            {"dataset_type": "train"}, {"composed_embedding": local_a.detach(),
+                                        "view_embedding": local_b.detach()})
         torch.save({"train": train_loss.detach(), "val": val_loss.detach(),
-                    "grad_a": local_a.grad, "grad_b": local_b.grad},
+                    "mvc": mvc_loss, "grad_a": local_a.grad, "grad_b": local_b.grad},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_itc_over_two_gloo_ranks_equals_single_process_loss(tmp_path):
+def test_itc_and_mvc_over_two_gloo_ranks_equal_the_single_process_loss(tmp_path):
     world_size = len(ROWS_PER_RANK)
     mp.spawn(_two_rank_worker, args=(world_size, free_port(), str(tmp_path)),
              nprocs=world_size, join=True)
@@ -251,6 +255,8 @@ def test_itc_over_two_gloo_ranks_equals_single_process_loss(tmp_path):
 
     mean_over_ranks = sum(result["train"].item() for result in results) / world_size
     assert mean_over_ranks == pytest.approx(expected.item(), rel=1e-5)
+    mvc_mean = sum(result["mvc"].item() for result in results) / world_size
+    assert mvc_mean == pytest.approx(expected.item(), rel=1e-5)
     for rank, result in enumerate(results):
         rows = _rank_rows(rank)
         # Each rank's inputs receive the gradient of the sum of all ranks' losses; DDP then

@@ -1,0 +1,1 @@
+"""Benchmarks on the synthetic catalog (scripts that print tables; never run by the tests)."""
