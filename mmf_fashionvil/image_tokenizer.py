@@ -167,6 +167,15 @@ class EMAVectorQuantizer(nn.Module):
     Codes whose cluster size falls below ``dead_code_threshold`` (0 disables) are moved
     onto random vectors of the current batch; with ``init_from_data`` the first update
     places the whole codebook on random batch vectors.
+
+    Why restarts: early in training the encoder's outputs drift away from where the
+    codebook was seeded; one code per region ends up nearest to all of them and follows
+    them, the others are never assigned again. The tiny mmf_run showed exactly that (4 of
+    64 codes, one per grid position, the same for every image) while a threshold of 0.01
+    never fired (an unused code's size 0.99 ** t needs ~460 updates to fall below it).
+    With threshold 1 (an EMA of fewer than one assignment per update) a never-used code is
+    re-seeded after one update, one that had n assignments per update and stops being used
+    after about ln(n) / (1 - decay) updates.
     """
 
     def __init__(self, num_codes, dim, decay=0.99, epsilon=1e-5, dead_code_threshold=0.0,
@@ -411,8 +420,11 @@ class ImageTokenizer(BaseModel):
             "losses": losses,
             "codes": codes,
             "reconstruction": reconstruction,
-            "perplexity": perplexity,
-            "codes_used_fraction": used_fraction,
+            # Usage of this (local) batch's codes; the trainer logs the means.
+            "diagnostics": {
+                f"{prefix}/codebook_perplexity": perplexity,
+                f"{prefix}/codebook_used_fraction": used_fraction,
+            },
         }
 
 

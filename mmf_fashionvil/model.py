@@ -37,6 +37,7 @@ from transformers.models.bert.modeling_bert import BertEncoder, BertOnlyMLMHead
 
 from mmf_fashionvil import assets
 from mmf_fashionvil.distributed import all_gather_with_grad, get_rank
+from mmf_fashionvil.data.polyvore.dataset import NUM_CATEGORIES_KEY
 from mmf_fashionvil.image_tokenizer import load_image_tokenizer, to_tokenizer_input
 from mmf_fashionvil.masking import (
     IGNORE_INDEX,
@@ -50,7 +51,7 @@ DEFAULTS_YAML = os.path.join(
 )
 PRETRAINING_TASKS = ("itc", "itm", "mlm", "mpfc", "mvc", "pac")
 DOWNSTREAM_TASKS = ("xmr", "tgir", "scr", "ocir")
-TASKS_WITH_HEADS = ("itm", "mlm", "mpfc", "pac")
+TASKS_WITH_HEADS = ("itm", "mlm", "mpfc", "pac", "scr", "ocir")
 # Tokens whose ids MLM masking needs (looked up in the WordPiece vocabulary).
 MASK_TOKEN = "[MASK]"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", MASK_TOKEN)
@@ -231,6 +232,61 @@ class ScaledL2Norm(nn.Module):
         return F.normalize(x, dim=-1) * self.scale
 
 
+class CategorySubspaceHead(nn.Module):
+    """OCIR head in the spirit of CSA-Net (Lin et al., CVPR 2020) on FashionViL item
+    features: an item feature x is projected, f(x), and masked into a subspace chosen by a
+    (source category, target category) pair — the mask is a softmax-weighted mix of K learned
+    masks, the weights coming from an MLP on the two categories (CSA-Net's subspace
+    attention; embedding lookups = a linear layer on concatenated one-hots).
+
+    - outfit(features, categories, mask, target): each outfit item in the subspace of
+      (its category, target category), then attention over the items with a learned query
+      per target category; returns the attention-weighted sum [B, D].
+    - item(features, category): a candidate in the subspace of (its category, its category),
+      so it meets the outfits that ask for its category in the same space.
+    Outputs are not normalised (the model's shared ScaledL2Norm follows)."""
+
+    def __init__(self, dim, num_categories, num_subspaces, use_text, hidden=32):
+        super().__init__()
+        self.num_categories = int(num_categories)
+        self.use_text = bool(use_text)  # item features include the text embedding
+        self.projection = nn.Linear(dim, dim)
+        # CSA-Net's mask initialisation (normal, mean 0.9, std 0.7), ReLU'd when applied.
+        self.masks = nn.Parameter(torch.empty(num_subspaces, dim).normal_(0.9, 0.7))
+        self.source_category = nn.Embedding(self.num_categories, hidden)
+        self.target_category = nn.Embedding(self.num_categories, hidden)
+        self.subspace_attention = nn.Linear(hidden, num_subspaces)
+        self.item_query = nn.Embedding(self.num_categories, dim)
+
+    def check_categories(self, *categories):
+        for values in categories:
+            low, high = (int(values.min()), int(values.max())) if values.numel() else (0, 0)
+            if low < 0 or high >= self.num_categories:
+                raise ValueError(
+                    f"OCIR category indices {low}..{high} are outside 0.."
+                    f"{self.num_categories - 1}: {CONFIG_PREFIX}.heads.ocir.num_categories="
+                    f"{self.num_categories} does not fit the dataset's categories"
+                )
+
+    def subspace(self, features, source, target):
+        """f(features) [..., D] masked into the subspace of each (source, target) pair [...]."""
+        pair = F.relu(self.source_category(source) + self.target_category(target))
+        weights = self.subspace_attention(pair).softmax(-1)
+        return self.projection(features) * (weights @ F.relu(self.masks))
+
+    def outfit(self, features, categories, mask, target):
+        """features [B, M, D] of the outfit items (mask [B, M], 1 = real; every row needs one
+        real item), their categories [B, M], the target category [B] -> [B, D]."""
+        embedded = self.subspace(features, categories, target[:, None].expand_as(categories))
+        query = self.item_query(target)[:, None, :]
+        scores = (embedded * query).sum(-1) / embedded.size(-1) ** 0.5
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(1)
+        return (weights[..., None] * embedded).sum(1)
+
+    def item(self, features, category):
+        return self.subspace(features, category, category)
+
+
 class CosineClassifier(nn.Module):
     """Logits = logit_scale * cos(feature, class weight), with a learnable logit scale
     (unscaled cosines cannot make a softmax over thousands of classes confident)."""
@@ -243,6 +299,20 @@ class CosineClassifier(nn.Module):
     def forward(self, features):
         cosines = F.normalize(features, dim=-1) @ F.normalize(self.weight, dim=-1).t()
         return self.logit_scale * cosines
+
+
+def classification_head(width, num_classes):
+    """MLP on the FE [CLS] output, as the authors' classification head:
+    Linear(width, 2 width) - GELU - LayerNorm - Linear(2 width, num_classes)."""
+    if num_classes is None:
+        raise ValueError(
+            "training task 'scr' needs model_config.fashionvil.heads.scr.num_classes (48 "
+            "categories / 121 subcategories on FashionGen)"
+        )
+    return nn.Sequential(
+        nn.Linear(width, 2 * width), nn.GELU(), nn.LayerNorm(2 * width, eps=1e-12),
+        nn.Linear(2 * width, int(num_classes)),
+    )
 
 
 def read_vocab(vocab_file):
@@ -381,6 +451,33 @@ class FashionViL(BaseModel):
             self.pac_head = CosineClassifier(
                 embedding_dim, num_attributes, heads.pac.get("initial_logit_scale", 10.0)
             )
+        if "scr" in tasks:
+            self.scr_head = classification_head(width, heads.get("scr", {}).get("num_classes"))
+        if "ocir" in tasks:
+            ocir = heads.get("ocir", {})
+            self.ocir_head = CategorySubspaceHead(
+                embedding_dim, self._ocir_num_categories(ocir), ocir.get("num_subspaces", 5),
+                ocir.get("use_text", False),
+            )
+
+    @staticmethod
+    def _ocir_num_categories(ocir):
+        """``heads.ocir.num_categories``; checked against the number of dense categories the
+        polyvore_ocir builder registered (when a dataset was built), which it defaults to."""
+        configured = ocir.get("num_categories")
+        from_data = registry.get(NUM_CATEGORIES_KEY, no_warning=True)
+        if configured is None and from_data is None:
+            raise ValueError(
+                f"training task 'ocir' needs {CONFIG_PREFIX}.heads.ocir.num_categories (the "
+                "number of distinct category_ids in polyvore_item_metadata.json)"
+            )
+        if configured is not None and from_data is not None and int(configured) != from_data:
+            raise ValueError(
+                f"{CONFIG_PREFIX}.heads.ocir.num_categories={configured} but the polyvore_ocir "
+                f"dataset's metadata has {from_data} distinct category_ids: set it to "
+                f"{from_data} (or null to take the dataset's)"
+            )
+        return int(configured if configured is not None else from_data)
 
     @staticmethod
     def _num_attributes(pac):
@@ -564,6 +661,12 @@ class FashionViL(BaseModel):
             return self.forward_two_stream(sample_list)
         if task == "pac":
             return self.forward_pac(sample_list)
+        if task == "scr":
+            return self.forward_scr(sample_list)
+        if task == "tgir":
+            return self.forward_tgir(sample_list)
+        if task == "ocir":
+            return self.forward_ocir(sample_list)
         random_branches = {"itm": self.forward_itm, "mlm": self.forward_mlm,
                            "mpfc": self.forward_mpfc, "mvc": self.forward_mvc}
         if task not in random_branches:
@@ -784,6 +887,90 @@ class FashionViL(BaseModel):
         return {"pac_image_logits": head(image_embedding),
                 "pac_text_logits": head(text_embedding),
                 "pac_labels": labels.float()}
+
+    def forward_scr(self, sample_list):
+        """SCR ((sub)category recognition): FE([w; v]) [CLS] -> scr_head -> ``scores`` [B, C]
+        (single stream, SPEC §3); the classification loss takes ``sample_list.targets``."""
+        visual_tokens, _ = self.encode_image(sample_list["image"])
+        sequence = self.fuse(sample_list["input_ids"], sample_list["input_mask"], visual_tokens)
+        return {"scores": self._head("scr")(sequence[:, 0])}
+
+    def forward_tgir(self, sample_list):
+        """TGIR (SPEC §3, early-fusion two-stream): the composed embedding of the
+        modification text and the reference ``image``, g(mean FE([w; d])), against image
+        embeddings IE(v).
+
+        Training batches carry ``target_image``: -> ``composed_embedding`` and
+        ``target_embedding`` (the fashionvil_tgir loss's pairs). Evaluation rows are queries
+        (``is_query`` 1: composed embedding) or gallery images (image embedding); each row
+        gets both keys the metric collects, zeros in the one its kind does not use (only
+        the needed side is computed), and no ``target_embedding``, so the loss skips it."""
+        input_ids, input_mask = sample_list["input_ids"], sample_list["input_mask"]
+        image = sample_list["image"]
+        if "target_image" in sample_list:
+            _, target_embedding = self.encode_image(sample_list["target_image"])
+            return {"composed_embedding": self.compose(input_ids, input_mask, image),
+                    "target_embedding": target_embedding}
+        is_query = self._field(sample_list, "is_query", "tgir").view(-1).bool()
+        composed = self._embed_rows(
+            is_query, lambda rows: self.compose(input_ids[rows], input_mask[rows], image[rows]))
+        gallery = self._embed_rows(~is_query, lambda rows: self.encode_image(image[rows])[1])
+        return {"composed_embedding": composed, "image_embedding": gallery}
+
+    def _embed_rows(self, rows, embed):
+        """[B, D] embeddings: ``embed(rows)`` at the rows where the bool mask ``rows`` [B]
+        is set, zeros elsewhere (nothing is computed for an empty selection)."""
+        width = self.image_projection.out_features
+        if not rows.any():
+            return torch.zeros(len(rows), width, device=rows.device)
+        selected = embed(rows)
+        embeddings = selected.new_zeros(len(rows), width)
+        embeddings[rows] = selected
+        return embeddings
+
+    def ocir_item_features(self, images, input_ids=None, input_mask=None):
+        """FashionViL features [N, D] of N Polyvore items: the image embedding IE(v), plus
+        the text embedding TE(w) of the item's title/description with heads.ocir.use_text."""
+        _, features = self.encode_image(images)
+        if self._head("ocir").use_text:
+            features = features + self.encode_text(input_ids, input_mask)[1]
+        return features
+
+    def forward_ocir(self, sample_list):
+        """OCIR (SPEC §3): ``outfit_embedding`` = the outfit's items (``outfit_images``
+        [B, M, 3, H, W] where ``outfit_mask``) in the subspaces conditioned on the target
+        ``category``, pooled by ocir_head.outfit; ``item_embedding`` = ``item_image`` (where
+        ``has_item``: the blank when training, the candidate on gallery rows) in its own
+        category's subspace. All images of the batch go through the encoders at once; rows
+        without an outfit (gallery) or without an item (queries) get zeros on that side."""
+        head = self._head("ocir")
+        category = self._field(sample_list, "category", "ocir").view(-1).long()
+        outfit_mask = self._field(sample_list, "outfit_mask", "ocir").bool()
+        outfit_categories = self._field(sample_list, "outfit_categories", "ocir").long()
+        has_item = self._field(sample_list, "has_item", "ocir").view(-1).bool()
+        head.check_categories(category, outfit_categories[outfit_mask])
+        images = torch.cat([self._field(sample_list, "outfit_images", "ocir")[outfit_mask],
+                            self._field(sample_list, "item_image", "ocir")[has_item]])
+        texts = {}
+        if head.use_text:
+            texts = {key: torch.cat([
+                self._field(sample_list, f"outfit_{key}", "ocir")[outfit_mask],
+                self._field(sample_list, f"item_{key}", "ocir")[has_item],
+            ]) for key in ("input_ids", "input_mask")}
+        features = self.ocir_item_features(images, **texts)
+        num_outfit_items = int(outfit_mask.sum())
+        outfit_features = features.new_zeros(*outfit_mask.shape, features.size(-1))
+        outfit_features[outfit_mask] = features[:num_outfit_items]
+
+        def embed_outfits(rows):
+            return self.embedding_norm(head.outfit(
+                outfit_features[rows], outfit_categories[rows], outfit_mask[rows], category[rows]))
+
+        def embed_items(rows):
+            return self.embedding_norm(head.item(features[num_outfit_items:], category[rows]))
+
+        return {"outfit_embedding": self._embed_rows(outfit_mask.any(1), embed_outfits),
+                "item_embedding": self._embed_rows(has_item, embed_items)}
 
     # --------------------------------------------------------------- optimizer
     def get_optimizer_parameters(self, config):

@@ -8,3 +8,6 @@ from mmf_fashionvil import image_tokenizer, losses, metrics, model, trainer  # n
 from mmf_fashionvil.data import processors  # noqa: F401
 from mmf_fashionvil.data.fashiongen import builder as fashiongen_builder  # noqa: F401
 from mmf_fashionvil.data.pretraining import builder as pretraining_builder  # noqa: F401
+from mmf_fashionvil.data.fashion200k import builder as fashion200k_builder  # noqa: F401
+from mmf_fashionvil.data.fashioniq import builder as fashioniq_builder  # noqa: F401
+from mmf_fashionvil.data.polyvore import builder as polyvore_builder  # noqa: F401

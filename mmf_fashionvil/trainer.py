@@ -416,7 +416,10 @@ class FashionViLTrainer:
 
     Outputs in env.save_dir (rank 0): train_log.jsonl (one JSON record per log
     interval), eval_log.jsonl (one per evaluation), current.ckpt,
-    models/model_<update>.ckpt, best.ckpt.
+    models/model_<update>.ckpt, best.ckpt. Besides ``losses`` a model may return
+    ``diagnostics`` ({name: scalar tensor}, e.g. codebook usage): they are averaged
+    like the losses (over micro-batches, the log interval and the ranks in training,
+    sample-weighted in evaluation) and logged under "diagnostics".
     """
 
     def __init__(self, config):
@@ -898,7 +901,7 @@ class FashionViLTrainer:
         task = self._current_task()
         self.optimizer.zero_grad(set_to_none=True)
         update_loss = 0.0
-        components = {}
+        components, diagnostics = {}, {}
         for micro_step in range(self.update_frequency):
             batch = self._next_train_batch()
             if task is not None:
@@ -922,6 +925,9 @@ class FashionViLTrainer:
             for key, value in losses.items():
                 share = value.detach().float().mean() / self.update_frequency
                 components[key] = components.get(key, 0.0) + share
+            for key, value in (output.get("diagnostics") or {}).items():
+                share = value.detach().float().mean() / self.update_frequency
+                diagnostics[key] = diagnostics.get(key, 0.0) + share
         lr = self.optimizer.param_groups[0]["lr"]
         norm = optimizer_step(
             self.optimizer, [p for p in self.unwrapped_model.parameters() if p.grad is not None],
@@ -930,20 +936,24 @@ class FashionViLTrainer:
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.num_updates += 1
-        self._record_update(update_loss, components, task, lr, norm)
+        self._record_update(update_loss, components, diagnostics, task, lr, norm)
 
     # -- interval statistics --------------------------------------------------
     def _start_interval(self):
-        self._interval = {"updates": 0, "loss": 0.0, "components": {}, "tasks": {},
-                          "grad_norm": 0.0, "time": 0.0, "first_update": self.num_updates + 1}
+        self._interval = {"updates": 0, "loss": 0.0, "components": {}, "diagnostics": {},
+                          "tasks": {}, "grad_norm": 0.0, "time": 0.0,
+                          "first_update": self.num_updates + 1}
 
-    def _record_update(self, loss, components, task, lr, norm):
+    def _record_update(self, loss, components, diagnostics, task, lr, norm):
+        """``diagnostics``: the update's means of the scalars a model may return in
+        ``output["diagnostics"]`` (e.g. codebook usage); logged like the loss components."""
         interval = self._interval
         interval["updates"] += 1
         interval["loss"] = interval["loss"] + loss
-        for key, value in components.items():
-            total, count = interval["components"].get(key, (0.0, 0))
-            interval["components"][key] = (total + value, count + 1)
+        for field, values in (("components", components), ("diagnostics", diagnostics)):
+            for key, value in values.items():
+                total, count = interval[field].get(key, (0.0, 0))
+                interval[field][key] = (total + value, count + 1)
         if task is not None:
             total, count = interval["tasks"].get(task, (0.0, 0))
             interval["tasks"][task] = (total + loss, count + 1)
@@ -957,6 +967,9 @@ class FashionViLTrainer:
             "updates": interval["updates"],
             "loss": _to_float(interval["loss"]),
             "components": {k: (_to_float(s), c) for k, (s, c) in interval["components"].items()},
+            "diagnostics": {
+                k: (_to_float(s), c) for k, (s, c) in interval["diagnostics"].items()
+            },
             "tasks": {k: (_to_float(s), c) for k, (s, c) in interval["tasks"].items()},
             "grad_norm": _to_float(interval["grad_norm"]),
         }
@@ -994,12 +1007,16 @@ class FashionViLTrainer:
         }
         if interval["tasks"]:
             record["task_losses"] = mean_of("tasks")
+        diagnostics = mean_of("diagnostics")  # over updates and ranks, like the losses
+        if diagnostics:
+            record["diagnostics"] = diagnostics
         if self.max_grad_norm is not None:
             record["grad_norm"] = sum(part["grad_norm"] for part in everyone) / updates
         parts = [f"update {self.num_updates}/{self.max_updates}", f"epoch {self.epoch}",
                  f"loss {loss:.4f}"]
         parts += [f"{key} {value:.4f}" for key, value in record["losses"].items()]
         parts += [f"task {key} {value:.4f}" for key, value in record.get("task_losses", {}).items()]
+        parts += [f"{key} {value:.4f}" for key, value in diagnostics.items()]
         if "grad_norm" in record:
             parts.append(f"grad_norm {record['grad_norm']:.3f}")
         parts += [f"lr {interval['lr']:.3e}", f"{record['samples_per_s']:.1f} samples/s",
@@ -1054,7 +1071,7 @@ class FashionViLTrainer:
         was_training = model.training
         model.eval()
         started = time.perf_counter()
-        loss_sums, metric_sums, collected = {}, {}, {}
+        loss_sums, diagnostic_sums, metric_sums, collected = {}, {}, {}, {}
         num_samples = 0
         with torch.no_grad():
             for batch in self.loaders[split]:
@@ -1065,6 +1082,10 @@ class FashionViLTrainer:
                 num_samples += size
                 for key, value in drop_skipped(output.get("losses") or {}).items():
                     loss_sums[key] = loss_sums.get(key, 0.0) + value.detach().float().mean() * size
+                for key, value in (output.get("diagnostics") or {}).items():
+                    diagnostic_sums[key] = (
+                        diagnostic_sums.get(key, 0.0) + value.detach().float().mean() * size
+                    )
                 for name, metric in self.metrics.items():
                     if hasattr(metric, "collect") and hasattr(metric, "compute"):
                         for key, value in metric.collect(batch, output).items():
@@ -1079,6 +1100,7 @@ class FashionViLTrainer:
 
         local = {"num_samples": num_samples,
                  "losses": {k: _to_float(v) for k, v in loss_sums.items()},
+                 "diagnostics": {k: _to_float(v) for k, v in diagnostic_sums.items()},
                  "metrics": metric_sums}
         everyone = distributed.gather_objects(local)
         gathered = {name: distributed.gather_variable({k: torch.cat(v) for k, v in parts.items()})
@@ -1087,10 +1109,12 @@ class FashionViLTrainer:
         report = None
         if distributed.is_main_process():
             prefix = f"{split}/{self.dataset_name}"
-            losses = {}
-            for part in everyone:
+            losses, diagnostics = {}, {}
+            for part in everyone:  # sample-weighted means over all ranks' batches
                 for key, value in part["losses"].items():
                     losses[key] = losses.get(key, 0.0) + value / total
+                for key, value in part["diagnostics"].items():
+                    diagnostics[key] = diagnostics.get(key, 0.0) + value / total
             if losses:
                 losses[f"{split}/total_loss"] = sum(losses.values())
             metrics = {}
@@ -1107,18 +1131,19 @@ class FashionViLTrainer:
                     weighted = sum(part["metrics"][name] for part in everyone)
                     metrics[f"{prefix}/{name}"] = weighted / total
             report = {"metrics": metrics, "losses": dict(sorted(losses.items())),
-                      "num_samples": total}
+                      "diagnostics": dict(sorted(diagnostics.items())), "num_samples": total}
         report = distributed.broadcast_object(report)
 
         update = getattr(self, "num_updates", None)
-        values = {**report["losses"], **report["metrics"]}
+        values = {**report["losses"], **report["metrics"], **report["diagnostics"]}
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
         self._log(f"Evaluation on {split} ({total} samples, update {update}, "
                   f"{time.perf_counter() - started:.1f} s): {shown}")
         self._append_json("eval_log.jsonl", {
             "split": split, "dataset": self.dataset_name, "update": update,
             "epoch": getattr(self, "epoch", None), "num_samples": total,
-            "metrics": report["metrics"], "losses": report["losses"], "time": time.time(),
+            "metrics": report["metrics"], "losses": report["losses"],
+            "diagnostics": report["diagnostics"], "time": time.time(),
         })
         restore_rng_state(rng_state, self.device)
         return report

@@ -1,6 +1,8 @@
 """VQ-VAE image tokenizer: code grid, nearest-code assignment, EMA codebook, straight-through
 gradients, training, codebook usage, perceptual-loss assets and checkpoint loading."""
+import collections
 import math
+import os
 
 import pytest
 import torch
@@ -161,7 +163,14 @@ def _ddp_quantizer_worker(rank, init_file, out_dir, vectors):
     torch.manual_seed(rank)  # different random draws: rank 0's must win
     seeded = EMAVectorQuantizer(3, 2, decay=0.8, init_from_data=True)
     seeded(local, update_codebook=True)
-    torch.save({"ema": ema.state_dict(), "seeded": seeded.state_dict()}, f"{out_dir}/{rank}.pt")
+    torch.manual_seed(0)
+    restarted = EMAVectorQuantizer(4, 2, decay=0.5, dead_code_threshold=0.6, init_from_data=False)
+    restarted.codebook[2:] = 100.0  # never nearest: cluster size 1 -> 0.5 < 0.6, re-seeded
+    restarted.embed_sum[2:] = 100.0
+    torch.manual_seed(rank)
+    restarted(local, update_codebook=True)
+    torch.save({"ema": ema.state_dict(), "seeded": seeded.state_dict(),
+                "restarted": restarted.state_dict()}, f"{out_dir}/{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -178,6 +187,13 @@ def test_ema_update_under_two_ranks_equals_one_process_on_the_whole_batch(tmp_pa
         for key, value in single.state_dict().items():
             assert torch.allclose(state["ema"][key], value, atol=1e-6), key
     assert torch.equal(states[0]["seeded"]["codebook"], states[1]["seeded"]["codebook"])
+    # Dead-code restarts: the same codes re-seeded on the same (rank 0's) vectors everywhere.
+    for key, value in states[0]["restarted"].items():
+        assert torch.equal(states[1]["restarted"][key], value), key
+    rank0_vectors = vectors.chunk(2)[0]
+    for code in states[0]["restarted"]["codebook"][2:]:
+        assert (code == rank0_vectors).all(1).any()
+    assert states[0]["restarted"]["cluster_size"][2:].tolist() == [1.0, 1.0]
 
 
 def test_straight_through_gradient_reaches_the_encoder():
@@ -200,9 +216,15 @@ def test_forward_outputs():
                                      "train/squares/vq_commitment"}
     assert output["codes"].shape == (4, 16)
     assert output["reconstruction"].shape == (4, 3, 32, 32)
-    perplexity, used = codebook_usage(output["codes"], 16)
-    assert torch.equal(output["perplexity"], perplexity)
-    assert output["codes_used_fraction"] == output["codes"].unique().numel() / 16
+    # Diagnostics the trainer logs: usage of the batch's 4 x 16 codes, by hand.
+    counts = collections.Counter(output["codes"].flatten().tolist())
+    entropy = -sum(n / 64 * math.log(n / 64) for n in counts.values())
+    assert output["diagnostics"].keys() == {"train/squares/codebook_perplexity",
+                                            "train/squares/codebook_used_fraction"}
+    assert math.isclose(output["diagnostics"]["train/squares/codebook_perplexity"].item(),
+                        math.exp(entropy), rel_tol=1e-5)
+    assert output["diagnostics"]["train/squares/codebook_used_fraction"].item() == len(counts) / 16
+    assert all(value.dim() == 0 for value in output["diagnostics"].values())
 
 
 def test_commitment_loss_is_beta_times_latent_to_code_distance():
@@ -233,7 +255,25 @@ def test_short_training_reduces_reconstruction_loss():
         history.append(output["losses"]["train/squares/vq_reconstruction"].item())
     first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
     assert last < 0.6 * first, (first, last)
-    assert output["perplexity"] > 4  # the codebook did not collapse onto a few codes
+    assert output["diagnostics"]["train/squares/codebook_perplexity"] > 4  # no collapse
+
+
+def test_dead_code_restarts_recover_from_a_drifted_latent_cloud():
+    # The collapse the tiny mmf_run showed: the encoder's outputs drift away from where the
+    # codebook was seeded, one code is nearest to all of them and follows them (EMA), the
+    # others are never assigned again. Re-seeding dead codes on batch vectors undoes it.
+    cloud = torch.randn(256, 4, generator=torch.Generator().manual_seed(0))
+    used = {}
+    for threshold in (0.0, 1.0):
+        torch.manual_seed(0)
+        # decay 0.9: codes used before the drift drop below size 1 within a few updates.
+        quantizer = EMAVectorQuantizer(16, 4, decay=0.9, dead_code_threshold=threshold)
+        quantizer(cloud, update_codebook=True)  # seeded on the cloud: ~16 vectors per code
+        for _ in range(20):
+            _, codes, _ = quantizer(cloud + 10.0, update_codebook=True)
+        used[threshold] = codes.unique().numel()
+    assert used[0.0] == 1
+    assert used[1.0] >= 14
 
 
 def test_codebook_usage_matches_hand_computation():
@@ -306,3 +346,39 @@ def test_load_image_tokenizer_bad_input(tmp_path):
     torch.save(build().state_dict(), path)
     with pytest.raises(ValueError, match="weights_only.ckpt.*expected"):
         load_image_tokenizer(path)
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "projects", "fashionvil", "configs")
+
+
+def run_config(name):
+    """The tokenizer's model config of a run config, merged over the model defaults."""
+    run = OmegaConf.load(os.path.join(CONFIGS, "pretraining", name))
+    defaults = OmegaConf.load(DEFAULTS_YAML).model_config.fashionvil_image_tokenizer
+    return OmegaConf.merge(defaults, run.model_config.fashionvil_image_tokenizer), run
+
+
+@pytest.mark.parametrize("name,fashionvil_image_size,codes,dim,perceptual", [
+    ("image_tokenizer_tiny.yaml", None, 64, 32, False),  # None: tiny_base.yaml's size
+    ("image_tokenizer.yaml", 224, 1024, 256, True),
+])
+def test_run_configs_align_the_code_grid_with_the_fashionvil_grid(
+    name, fashionvil_image_size, codes, dim, perceptual
+):
+    from mmf_fashionvil.model import grid_side
+
+    if fashionvil_image_size is None:
+        tiny_base = OmegaConf.load(os.path.join(CONFIGS, "tiny_base.yaml"))
+        fashionvil_image_size = tiny_base.model_config.fashionvil.image_encoder.image_size
+    config, run = run_config(name)
+    tokenizer = ImageTokenizer(OmegaConf.merge(config, {"perceptual": {"enabled": False}}))
+    tokenizer.build()
+    assert tokenizer.grid_size == grid_side(fashionvil_image_size)
+    assert (tokenizer.codebook_size, config.latent_dim) == (codes, dim)
+    assert config.perceptual.enabled is perceptual
+    # Trained on [-1, 1] images (what tokenize expects) at the configured size.
+    for split in ("train", "eval"):
+        params = run.dataset_config.fashiongen.processors[f"{split}_image_processor"].params
+        assert list(params.mean) == list(params.std) == [0.5, 0.5, 0.5]
+        assert params.crop == config.image_size

@@ -114,7 +114,11 @@ class ToyModel(BaseModel):
             if self.train_forwards == self.config.get("fail_at_forward"):
                 raise SimulatedKill(f"killed at training forward {self.train_forwards}")
             self.seen.append((task, sample_list.sample_index.tolist()))
-        return {"scores": self.heads[task](self.body(sample_list.x))[:, 0]}
+        output = {"scores": self.heads[task](self.body(sample_list.x))[:, 0]}
+        if self.config.get("diagnostics"):
+            # A scalar with a hand-computable mean over any set of batches.
+            output["diagnostics"] = {"mean_sample_index": sample_list.sample_index.float().mean()}
+        return output
 
 
 @registry.register_loss("test_mse")
@@ -276,6 +280,36 @@ def test_runs_exactly_max_updates_and_logs_the_last_one(tmp_path):
     # The final validation ran once, on the final model.
     evaluations = read_jsonl(tmp_path / "eval_log.jsonl")
     assert [(r["split"], r["update"]) for r in evaluations] == [("val", 5)]
+
+
+def test_model_diagnostics_are_averaged_like_losses_and_logged(tmp_path, capsys):
+    trainer = run_trainer(make_config(
+        tmp_path, "training.max_updates=4", "training.update_frequency=2",
+        "training.log_interval=2", "training.evaluation_interval=4",
+        "model_config.test_toy_model.diagnostics=true",
+    ))
+    # 8 micro-batches of 4: each log record is the mean over its 2 updates x 2 micro-batches.
+    batch_means = [sum(indices) / len(indices) for _, indices in trainer.unwrapped_model.seen]
+    assert len(batch_means) == 8
+    records = read_jsonl(tmp_path / "train_log.jsonl")
+    assert [r["update"] for r in records] == [2, 4]
+    for record, first in zip(records, (0, 4)):
+        expected = sum(batch_means[first:first + 4]) / 4
+        assert record["diagnostics"] == {"mean_sample_index": pytest.approx(expected, abs=1e-6)}
+        assert "mean_sample_index" not in record["losses"]
+    # Evaluation: val indices 0..6 in batches of 4 and 3, weighted by batch size -> 3.0
+    # (the unweighted mean of the two batch means would be (1.5 + 5) / 2 = 3.25).
+    (evaluation,) = read_jsonl(tmp_path / "eval_log.jsonl")
+    assert evaluation["diagnostics"] == {"mean_sample_index": pytest.approx(3.0, abs=1e-6)}
+    output = capsys.readouterr().out
+    assert f"mean_sample_index {records[-1]['diagnostics']['mean_sample_index']:.4f}" in output
+    assert "mean_sample_index 3.0000" in output
+
+
+def test_no_diagnostics_key_without_model_diagnostics(tmp_path):
+    run_trainer(make_config(tmp_path, "training.max_updates=2", "training.evaluation_interval=2"))
+    assert all("diagnostics" not in r for r in read_jsonl(tmp_path / "train_log.jsonl"))
+    assert read_jsonl(tmp_path / "eval_log.jsonl")[0]["diagnostics"] == {}
 
 
 @pytest.mark.parametrize("limits,expected", [
@@ -607,6 +641,7 @@ DDP_SETTINGS = [
     "training.evaluation_interval=3",
     "model_config.test_toy_model.losses=[{type: test_mse}, {type: test_centering}]",
     "model_config.test_toy_model.training_tasks=[a,b]",
+    "model_config.test_toy_model.diagnostics=true",
 ]
 
 
@@ -692,6 +727,10 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(two_rank_ru
     assert [r["update"] for r in two_rank_log] == list(range(1, 7))  # rank 1 wrote nothing
     for mine, reference in zip(two_rank_log, single_log):
         assert mine["loss"] == pytest.approx(reference["loss"], abs=1e-5)
+        # Mean over ranks of each half-batch's mean index = the whole batch's mean.
+        assert mine["diagnostics"]["mean_sample_index"] == pytest.approx(
+            reference["diagnostics"]["mean_sample_index"], abs=1e-6
+        )
 
 
 def test_two_ranks_only_rank0_logs_and_metrics_cover_the_whole_split(two_rank_run, tmp_path):

@@ -1,18 +1,71 @@
-"""FashionGen items for the two-stream (ITC / retrieval) path.
+"""FashionGen items for retrieval (two-stream) and (sub)category recognition (SCR).
 
 train: one item per product, a random view of it. val/test: one item per
-(product, image) pair, so retrieval ranks every image (SPEC §3, `general`).
+(product, image) pair, so retrieval ranks every image (SPEC §3, `general`) and
+SCR classifies every image together with its product's text.
+
+The dataset config key ``label`` picks what ``targets`` holds: null (retrieval:
+0), ``category`` or ``subcategory`` (SCR: the dense class index of the product's
+``category_id`` / ``subcategory_id``). The classes are the ids present in the
+TRAIN split, sorted, and every split uses that one map, so an index means the
+same class everywhere; an evaluation product of a class train lacks cannot be
+scored and is an error.
 """
 import torch
 from mmf.common.sample import Sample
 
-from mmf_fashionvil.data.base import FashionDataset, ProductDatabase, load_image
+from mmf_fashionvil.data.base import DataError, FashionDataset, ProductDatabase, load_image
+
+LABEL_KEYS = {"category": "category_id", "subcategory": "subcategory_id"}
+# ProductDatabase's value for a product without the id key.
+MISSING_ID = -1
 
 
 class FashionGenDataset(FashionDataset):
     def __init__(self, config, dataset_type):
         super().__init__("fashiongen", config, dataset_type)
         self.database = ProductDatabase(self.root, config.annotations[dataset_type])
+        self.label = config.get("label")
+        self.class_ids = None  # SCR: the raw ids, in dense-index order
+        if self.label is not None:
+            self.class_ids, self.labels = self._class_labels(config)
+
+    def _class_labels(self, config):
+        """(sorted class ids of the train split, dense label of each product)."""
+        if self.label not in LABEL_KEYS:
+            raise ValueError(
+                f"dataset_config.fashiongen.label={self.label!r}: expected null, "
+                f"{' or '.join(LABEL_KEYS)}"
+            )
+        key = LABEL_KEYS[self.label]
+        train = self.database if self.is_train else ProductDatabase(
+            self.root, config.annotations.train)
+        class_ids = sorted({self._class_id(train, product, key) for product in train.products})
+        expected = config.get("num_classes")
+        if expected is None or int(expected) != len(class_ids):
+            raise ValueError(
+                f"{train.path} has {len(class_ids)} distinct {key} values, but "
+                f"dataset_config.fashiongen.num_classes={expected}, the size of the classifier:"
+                f" set model_config.fashionvil.heads.scr.num_classes={len(class_ids)} (the SCR "
+                "configs tie dataset_config.fashiongen.num_classes to it)"
+            )
+        index_of = {class_id: index for index, class_id in enumerate(class_ids)}
+        labels = []
+        for product in self.database.products:
+            class_id = self._class_id(self.database, product, key)
+            if class_id not in index_of:
+                raise DataError(
+                    f"{self.database.path}: product {product['id']} has {key} {class_id}, "
+                    f"which no product of the train split ({train.path}) has: it has no class"
+                )
+            labels.append(index_of[class_id])
+        return class_ids, labels
+
+    @staticmethod
+    def _class_id(database, product, key):
+        if product[key] == MISSING_ID:
+            raise DataError(f"{database.path}: product {product['id']} has no {key}")
+        return product[key]
 
     def __len__(self):
         return len(self.database) if self.is_train else len(self.database.image_items)
@@ -28,4 +81,6 @@ class FashionGenDataset(FashionDataset):
         sample = Sample()
         sample.image = self.image_processor(load_image(product["images"][image_index]))
         self.add_product_fields(sample, product, product_index)
+        if self.label is not None:
+            sample.targets = torch.tensor(self.labels[product_index], dtype=torch.long)
         return sample

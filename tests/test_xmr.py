@@ -1,0 +1,77 @@
+"""XMR fine-tuning config through mmf_run: full ranking ("general") and sample-100 ("kaleido")
+side by side; the sample-100 draws are saved in the run's save dir, and two evaluations with
+one seed rank the same candidates."""
+import json
+import shutil
+
+import pytest
+
+from conftest import MMF_RUN, run_command
+from test_end_to_end import final_metrics
+
+XMR_TINY = "projects/fashionvil/configs/finetuning/xmr_tiny.yaml"
+SHORT_RUN = [
+    "model=fashionvil", "dataset=fashiongen", "training.max_updates=2", "training.batch_size=8",
+    "training.num_workers=0", "training.log_interval=2", "training.evaluation_interval=2",
+    "training.checkpoint_interval=2", "scheduler.params.num_warmup_steps=1",
+    "scheduler.params.num_training_steps=2",
+]
+NUM_GROUPS = 2
+
+
+@pytest.fixture
+def regrouped_catalog(tiny_catalog, tmp_path):
+    """The tiny catalog's FashionGen part with its 8 val products put into two subcategories
+    of four (product position p -> group p % 2), so each query has exactly 3 same-subcategory
+    negatives (the catalog itself has one val product per subcategory). Returns (catalog,
+    product position of each val item in sample_index order, group of each product)."""
+    catalog = tmp_path / "catalog"
+    shutil.copytree(f"{tiny_catalog}/datasets/FashionGen", catalog / "datasets/FashionGen")
+    shutil.copytree(f"{tiny_catalog}/vocab", catalog / "vocab")
+    val_path = catalog / "datasets/FashionGen/val_info.json"
+    products = json.loads(val_path.read_text())
+    groups = [position % NUM_GROUPS for position in range(len(products))]
+    for product, group in zip(products, groups):
+        product["subcategory_id"] = 500 + group
+    val_path.write_text(json.dumps(products))
+    # Evaluation items are every (product, image) pair, in file order.
+    product_of_item = [p for p, product in enumerate(products) for _ in product["images"]]
+    return catalog, product_of_item, groups
+
+
+def test_two_evaluations_with_one_seed_rank_the_same_sample100_candidates(
+        regrouped_catalog, tmp_path):
+    catalog, product_of_item, groups = regrouped_catalog
+    train_dir, test_dir = tmp_path / "train", tmp_path / "test"
+    common = [MMF_RUN, f"config={XMR_TINY}", *SHORT_RUN, f"env.data_dir={catalog}"]
+    code, output = run_command([*common, f"env.save_dir={train_dir}"])
+    assert code == 0, output[-4000:]
+    code, output = run_command([*common, "run_type=test", f"env.save_dir={test_dir}",
+                                f"checkpoint.resume_file={train_dir}/current.ckpt"])
+    assert code == 0, output[-4000:]
+
+    saved = [json.loads((d / "kaleido_draws.json").read_text()) for d in (train_dir, test_dir)]
+    assert saved[0] == saved[1]
+    draws = saved[0]
+    assert (draws["seed"], draws["num_negatives"], draws["num_draws"]) == (0, 100, 5)
+    assert len(draws["draws"]) == 5
+    for draw in draws["draws"]:
+        # 1,000 queries wanted, fewer items: every item is a query.
+        assert draw["queries"] == list(range(len(product_of_item)))
+        for query, negatives in zip(draw["queries"], draw["negatives"]):
+            own = product_of_item[query]
+            # Fewer than 100 candidates: one item of every other product of the subcategory.
+            expected = [p for p, g in enumerate(groups) if g == groups[own] and p != own]
+            assert sorted(product_of_item[n] for n in negatives) == expected
+
+    val, test = final_metrics(str(train_dir), "val"), final_metrics(str(test_dir), "test")
+    prefix = "val/fashiongen"
+    for protocol, metric in (("general", "fashionvil_retrieval"),
+                             ("kaleido", "fashionvil_retrieval_sample100")):
+        for direction in ("itr", "tir"):
+            for k in (1, 5, 10):
+                assert f"{prefix}/{metric}/{protocol}/{direction}_r@{k}" in val
+    # Positive + 3 negatives: every query is within the top 5.
+    assert val[f"{prefix}/fashionvil_retrieval_sample100/kaleido/itr_r@5"] == 100.0
+    assert {k.split("/", 1)[1]: v for k, v in test.items()} == pytest.approx(
+        {k.split("/", 1)[1]: v for k, v in val.items()}, abs=1e-6)
