@@ -154,6 +154,13 @@ class _PairContrastiveLoss(_TaskLoss):
         super().__init__()
         self.symmetric = symmetric
 
+    def forward(self, sample_list, model_output):
+        # Evaluation rows of query/gallery datasets (TGIR, OCIR) are not pairs: row i of
+        # one side is not row i's positive, so there is no loss to report for them.
+        if "is_query" in sample_list:
+            return skipped_loss()
+        return super().forward(sample_list, model_output)
+
     def compute(self, sample_list, model_output):
         first, second = self.required_outputs
         return contrastive_loss(

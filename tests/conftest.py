@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 import subprocess
@@ -36,3 +37,9 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines log (train_log.jsonl, eval_log.jsonl)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f]

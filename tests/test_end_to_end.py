@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import MMF_RUN, TORCHRUN, run_command
+from conftest import MMF_RUN, TORCHRUN, read_jsonl, run_command
 
 PRETRAIN = "projects/fashionvil/configs/pretraining/itc_tiny.yaml"
 SHORT_RUN = [
@@ -17,10 +17,6 @@ SHORT_RUN = [
     "scheduler.params.num_training_steps=6",
 ]
 
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 def final_metrics(save_dir, split):

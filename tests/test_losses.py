@@ -87,6 +87,9 @@ def test_contrastive_task_losses(name, first, second, symmetric):
     assert (abs(swapped.item() - value.item()) < 1e-5) == symmetric
     # Absent inputs (another task ran this step): skipped.
     assert run_loss(name, {first: a}).numel() == 0
+    # Query/gallery evaluation rows (is_query) are not pairs: skipped.
+    rows = {"dataset_type": "val", "is_query": torch.tensor([1, 1, 0, 0, 0])}
+    assert run_loss(name, {first: a, second: b}, rows).numel() == 0
 
 
 # ----------------------------------------------------------------------------- skip marker

@@ -11,7 +11,7 @@ from mmf.common.registry import registry
 from mmf.common.sample import Sample, SampleList
 from omegaconf import OmegaConf
 
-from conftest import MMF_RUN, run_command
+from conftest import MMF_RUN, read_jsonl, run_command
 from mmf_fashionvil.data.base import DataError
 from mmf_fashionvil.data.polyvore.builder import PolyvoreOCIRBuilder
 from mmf_fashionvil.data.polyvore.dataset import NUM_CATEGORIES_KEY
@@ -340,10 +340,6 @@ SHORT_RUN = [
     "scheduler.params.num_warmup_steps=1", "scheduler.params.num_training_steps=4",
 ]
 
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_mmf_run_trains_saves_and_test_run_reproduces_validation(tiny_catalog, tmp_path):

@@ -9,8 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import MMF_RUN, run_command
-from test_end_to_end import read_jsonl
+from conftest import MMF_RUN, read_jsonl, run_command
 
 CONFIGS = "projects/fashionvil/configs/pretraining"
 MIN_COUNT = 3
@@ -73,6 +72,17 @@ def tokenizer_run(tiny_catalog, tmp_path_factory):
     ])
     assert code == 0, output[-4000:]
     return save_dir
+
+
+def test_tokenizer_training_logs_codebook_usage(tokenizer_run):
+    num_codes = 64  # image_tokenizer_tiny.yaml
+    for record in read_jsonl(os.path.join(tokenizer_run, "train_log.jsonl")):
+        diagnostics = record["diagnostics"]
+        (perplexity,) = [v for k, v in diagnostics.items() if k.endswith("codebook_perplexity")]
+        (used,) = [v for k, v in diagnostics.items() if k.endswith("codebook_used_fraction")]
+        # exp(entropy) of a histogram over the used codes lies in [1, number used]
+        assert 1.0 <= perplexity <= used * num_codes + 1e-4
+        assert 0 < used <= 1
 
 
 def test_six_task_pretraining_through_mmf_run(tiny_catalog, mined_attributes, tokenizer_run,

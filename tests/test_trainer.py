@@ -4,7 +4,6 @@ heads, a regression dataset with seeded per-item augmentation, an MSE loss, a
 loss that gathers across ranks, a per-batch metric and a dataset-level metric.
 """
 import copy
-import json
 import math
 import os
 import sys
@@ -33,7 +32,7 @@ from mmf_fashionvil.trainer import (
     save_atomic,
     schedule_factor,
 )
-from conftest import free_port
+from conftest import free_port, read_jsonl
 
 FEATURES = 4
 
@@ -202,10 +201,6 @@ def run_trainer(config):
     trainer.train()
     return trainer
 
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 def parameters_of(trainer):
