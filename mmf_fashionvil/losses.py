@@ -157,7 +157,7 @@ class _PairContrastiveLoss(_TaskLoss):
     def forward(self, sample_list, model_output):
         # Evaluation rows of query/gallery datasets (TGIR, OCIR) are not pairs: row i of
         # one side is not row i's positive, so there is no loss to report for them.
-        if "is_query" in sample_list:
+        if "is_query" in sample_list and not _is_training_batch(sample_list):
             return skipped_loss()
         return super().forward(sample_list, model_output)
 

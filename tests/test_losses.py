@@ -90,6 +90,9 @@ def test_contrastive_task_losses(name, first, second, symmetric):
     # Query/gallery evaluation rows (is_query) are not pairs: skipped.
     rows = {"dataset_type": "val", "is_query": torch.tensor([1, 1, 0, 0, 0])}
     assert run_loss(name, {first: a, second: b}, rows).numel() == 0
+    training_rows = {"dataset_type": "train", "is_query": torch.zeros(5, dtype=torch.bool)}
+    assert run_loss(name, {first: a, second: b}, training_rows).item() == pytest.approx(
+        value.item())
 
 
 # ----------------------------------------------------------------------------- skip marker

@@ -219,8 +219,8 @@ def test_forward_two_stream_branch(model, task):
 
 
 def test_forward_rejects_tasks_without_a_branch_or_head(model):
-    with pytest.raises(NotImplementedError, match="tgir"):
-        model.forward(sample_batch("tgir"))
+    with pytest.raises(NotImplementedError, match="captioning"):
+        model.forward(sample_batch("captioning"))
     with pytest.raises(ValueError, match="'mlm' has no head.*training_tasks"):
         model.forward(sample_batch("mlm"))
     with pytest.raises(ValueError, match="training_tasks"):

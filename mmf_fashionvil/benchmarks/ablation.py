@@ -100,7 +100,8 @@ def main(argv=None):
     for name in args.variants:
         # Settings in the folder names: a re-run reuses only runs made with the same ones.
         tasks = VARIANTS[name]
-        run = f"{slug(name)}_{args.pretrain_updates}_{args.finetune_updates}"
+        run = f"{slug(name)}_{args.finetune_updates}" if tasks is None else \
+            f"{slug(name)}_{args.pretrain_updates}_{args.finetune_updates}"
         start = time.time()
         init = []
         if tasks is not None:
