@@ -8,7 +8,6 @@ import pytest
 import torch
 from mmf.common.registry import registry
 from mmf.common.sample import Sample, SampleList
-from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
