@@ -9,9 +9,10 @@ visual tokens). See SPEC §1 and §9. The three ways to use it:
 3. early-fusion two-stream: ``compose(input_ids, input_mask, image)`` against
    ``encode_image(other_image)``.
 
-Pre-training branches (SPEC §2; one method per task, chosen per batch by ``task_of``):
+Task branches (one method per task, chosen per batch by ``task_of``): pre-training (SPEC §2)
 ``forward_two_stream`` (itc, xmr), ``forward_itm``, ``forward_mlm``, ``forward_mpfc``,
-``forward_mvc``, ``forward_pac``.
+``forward_mvc``, ``forward_pac``; downstream (SPEC §3) ``forward_tgir`` (early-fusion
+two-stream), ``forward_scr`` (single-stream classifier), ``forward_ocir`` (category subspaces).
 
 Who draws the random choices: MLM masks (``masked_input_ids`` + ``lm_label_ids``) and MPFC
 patch masks (``patch_mask``) are taken from the batch when the dataset provides them and
