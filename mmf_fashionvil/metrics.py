@@ -7,7 +7,8 @@ MMF rc10 metrics score one batch at a time; retrieval needs the whole split. A
    tensors whose first dimension is the batch;
 2. ``compute(collected) -> dict[str, float]`` once, on the per-key concatenation over all
    batches and ranks with duplicate rows removed by ``sample_index``. The result does not
-   depend on the order of the rows.
+   depend on the order of the rows. A metric whose ``needs_model`` is true is called as
+   ``compute(collected, model=model)`` (ITM re-ranking scores pairs with the model).
 
 Ranking convention (every metric here): a query's rank is the number of *negative*
 candidates whose score is greater than OR EQUAL to the best-scoring positive — ties count
@@ -21,6 +22,8 @@ Collected fields per metric (``mo`` = model_output, ``sl`` = sample_list):
   item; every row of a product carries the product's text. Texts are de-duplicated by
   product id (the row with the smallest ``sample_index`` speaks for it).
 - ``fashionvil_retrieval_sample100`` ("kaleido"): the same plus sl ``subcategory``.
+  Both take ``itm_rerank_top_k``; when > 0 they also collect mo ``visual_tokens`` and sl
+  ``input_ids``, ``input_mask``, and need the model (``needs_model``, see below).
 - ``fashionvil_tgir`` / ``fashionvil_tgir_fashion200k``: rows are either queries or gallery
   images (sl ``is_query``, bool). mo ``composed_embedding`` (used on query rows) and
   ``image_embedding`` (used on gallery rows); sl ``image_id`` (query row: its reference
@@ -87,23 +90,82 @@ def recall_at_k(ranks, ks):
     return {k: 100.0 * float((ranks < k).float().mean()) for k in ks}
 
 
+def rerank_top_k(scores, positive_mask, candidate_mask, k, pair_scores):
+    """Scores in which each query's top ``k`` candidates (by ``scores``) are re-ordered by
+    ``pair_scores(query_positions [P], candidate_positions [P]) -> [P]`` and lifted above
+    every other candidate, whose order is kept (ITM re-ranking). Candidates tied at the
+    k-th place are taken negatives first, so re-ranking never turns a pessimistic tie into
+    a hit: a query's R@K' for K' >= k is the same before and after. Returns float64
+    [Q, C], -inf outside ``candidate_mask``, for :func:`positive_ranks`."""
+    scores = scores.double().masked_fill(~candidate_mask, float("-inf"))
+    negatives_first = torch.argsort(positive_mask.to(torch.int8), dim=1, stable=True)
+    by_score = torch.argsort(scores.gather(1, negatives_first), dim=1, descending=True,
+                             stable=True)
+    top = negatives_first.gather(1, by_score[:, :min(k, scores.size(1))])
+    taken = candidate_mask.gather(1, top)
+    query_positions = torch.arange(len(scores))[:, None].expand_as(top)[taken]
+    candidate_positions = top[taken]
+    if len(candidate_positions) == 0:
+        return scores
+    match = torch.as_tensor(pair_scores(query_positions, candidate_positions)).double()
+    if match.shape != candidate_positions.shape or torch.isnan(match).any():
+        raise ValueError(f"rerank_top_k: pair_scores gave {tuple(match.shape)} values (NaN "
+                         f"included?) for {len(candidate_positions)} pairs")
+    lift = scores[candidate_mask].max() - match.min() + 1.0
+    scores[query_positions, candidate_positions] = match + lift
+    return scores
+
+
 def _chunked_ranks(queries, keys, query_targets, key_matches, query_own_ids=None,
-                   key_ids=None):
+                   key_ids=None, rerank=None):
     """:func:`positive_ranks` of queries [Q, D] against keys [K, D] by dot product, the
     positives of query i being the keys with ``key_matches == query_targets[i]``. With
     ``query_own_ids``/``key_ids``, the key that is the query's own image (TGIR's reference)
-    is left out of the query's ranking unless it is itself a positive. Scores a chunk of
-    queries at a time."""
+    is left out of the query's ranking unless it is itself a positive. ``rerank`` =
+    (k, pair_scores(query_rows, key_rows)) re-ranks each query's top k (:func:`rerank_top_k`).
+    Scores a chunk of queries at a time."""
     ranks = []
     for start in range(0, len(queries), QUERY_CHUNK):
         stop = start + QUERY_CHUNK
         scores = queries[start:stop] @ keys.t()
         positive = query_targets[start:stop, None] == key_matches[None, :]
-        candidate = None
+        candidate = torch.ones_like(positive)
         if query_own_ids is not None:
             candidate = positive | (query_own_ids[start:stop, None] != key_ids[None, :])
+        if rerank is not None:
+            k, pair_scores = rerank
+            scores = rerank_top_k(scores, positive, candidate, k,
+                                  lambda q, c: pair_scores(q + start, c))
         ranks.append(positive_ranks(scores, positive, candidate))
     return torch.cat(ranks)
+
+
+ITM_PAIR_CHUNK = 256  # (text, image) pairs per fusion-encoder pass when re-ranking
+
+
+def itm_pair_scorer(model, input_ids, input_mask, visual_tokens):
+    """pair_scores(text_rows, image_rows) -> ``model.itm_match_scores`` of those pairs, in
+    chunks on the model's device (without gradient, model in eval mode)."""
+    if not hasattr(model, "itm_match_scores"):
+        raise ValueError(f"ITM re-ranking needs a model with itm_match_scores, got "
+                         f"{type(model).__name__}")
+    device = next(model.parameters()).device
+
+    def pair_scores(text_rows, image_rows):
+        was_training = model.training
+        model.eval()
+        values = []
+        with torch.no_grad():
+            for start in range(0, len(text_rows), ITM_PAIR_CHUNK):
+                texts = text_rows[start:start + ITM_PAIR_CHUNK]
+                images = image_rows[start:start + ITM_PAIR_CHUNK]
+                values.append(model.itm_match_scores(
+                    input_ids[texts].to(device), input_mask[texts].to(device),
+                    visual_tokens[images].to(device)).double().cpu())
+        model.train(was_training)
+        return torch.cat(values)
+
+    return pair_scores
 
 
 # --------------------------------------------------------------------------- base class
@@ -187,20 +249,53 @@ def _retrieval_keys(protocol, itr, tir):
     return values
 
 
+class _RetrievalMetric(DatasetMetric):
+    """What the two XMR protocols share: R@K keys and optional ITM re-ranking.
+
+    With ``itm_rerank_top_k`` = k > 0 the metric also reports ``<protocol>_itm_top{k}/*``:
+    each query's k best candidates by the embeddings re-ordered by the model's ITM head
+    (``itm_match_scores`` on the collected mo ``visual_tokens`` and sl ``input_ids`` /
+    ``input_mask``; build the head with model_config.fashionvil.heads.itm.rerank_top_k).
+    The trainer then passes the model to :meth:`compute`; the pairs run on rank 0."""
+
+    model_output_keys = ("image_embedding", "text_embedding")
+
+    def __init__(self, name, ks, itm_rerank_top_k):
+        self.ks = tuple(int(k) for k in ks)
+        self.itm_rerank_top_k = int(itm_rerank_top_k or 0)
+        if self.itm_rerank_top_k < 0:
+            raise ValueError(f"metric {name}: itm_rerank_top_k must be >= 0, got "
+                             f"{itm_rerank_top_k}")
+        if self.itm_rerank_top_k:
+            self.model_output_keys = (*self.model_output_keys, "visual_tokens")
+            self.sample_list_keys = (*self.sample_list_keys, "input_ids", "input_mask")
+        super().__init__(name)
+
+    @property
+    def needs_model(self):
+        return self.itm_rerank_top_k > 0
+
+    def _itm_scorer(self, rows, model):
+        """pair_scores(text_rows, image_rows) over rows of the collected split."""
+        if model is None:
+            raise ValueError(f"metric {self.name} re-ranks with ITM and needs the model: run "
+                             "it with training.trainer=fashionvil_trainer")
+        return itm_pair_scorer(model, rows["input_ids"], rows["input_mask"],
+                               rows["visual_tokens"])
+
+
 @registry.register_metric("fashionvil_retrieval")
-class FullRankingRetrieval(DatasetMetric):
+class FullRankingRetrieval(_RetrievalMetric):
     """Image->text and text->image retrieval over the whole split ("general" protocol).
     ITR: each image ranks every product's text; TIR: each product's text ranks every image,
     a hit when ANY image of the product is within the top K."""
 
-    model_output_keys = ("image_embedding", "text_embedding")
     sample_list_keys = ("id", "sample_index")
 
-    def __init__(self, ks=RETRIEVAL_KS):
-        super().__init__("fashionvil_retrieval")
-        self.ks = tuple(int(k) for k in ks)
+    def __init__(self, ks=RETRIEVAL_KS, itm_rerank_top_k=0):
+        super().__init__("fashionvil_retrieval", ks, itm_rerank_top_k)
 
-    def compute(self, collected):
+    def compute(self, collected, model=None):
         self._require(collected, self.required_params)
         rows = _sorted_by_sample_index(collected)
         images, product_of_image = rows["image_embedding"], rows["id"]
@@ -208,11 +303,20 @@ class FullRankingRetrieval(DatasetMetric):
         texts = rows["text_embedding"][text_rows]
         itr = recall_at_k(_chunked_ranks(images, texts, product_of_image, product_ids), self.ks)
         tir = recall_at_k(_chunked_ranks(texts, images, product_ids, product_of_image), self.ks)
-        return _retrieval_keys("general", itr, tir)
+        values = _retrieval_keys("general", itr, tir)
+        if self.itm_rerank_top_k:
+            k, itm = self.itm_rerank_top_k, self._itm_scorer(rows, model)
+            itr = _chunked_ranks(images, texts, product_of_image, product_ids,
+                                 rerank=(k, lambda image, text: itm(text_rows[text], image)))
+            tir = _chunked_ranks(texts, images, product_ids, product_of_image,
+                                 rerank=(k, lambda text, image: itm(text_rows[text], image)))
+            values.update(_retrieval_keys(f"general_itm_top{k}", recall_at_k(itr, self.ks),
+                                          recall_at_k(tir, self.ks)))
+        return values
 
 
 @registry.register_metric("fashionvil_retrieval_sample100")
-class SampledRetrieval(DatasetMetric):
+class SampledRetrieval(_RetrievalMetric):
     """The FashionBERT/KaleidoBERT "sample-100" protocol ("kaleido"): each of
     ``num_queries`` random items is ranked against its positive plus ``num_negatives``
     items of other products of the SAME subcategory (one item per negative product); ITR
@@ -225,23 +329,27 @@ class SampledRetrieval(DatasetMetric):
     queries all of them (fewer candidates; a product alone in its subcategory is a certain
     hit); a split smaller than ``num_queries`` uses every item as a query."""
 
-    model_output_keys = ("image_embedding", "text_embedding")
     sample_list_keys = ("id", "subcategory", "sample_index")
 
     def __init__(self, num_queries=1000, num_negatives=100, num_draws=5, seed=0,
-                 draws_file=None, ks=RETRIEVAL_KS):
-        super().__init__("fashionvil_retrieval_sample100")
+                 draws_file=None, ks=RETRIEVAL_KS, itm_rerank_top_k=0):
+        super().__init__("fashionvil_retrieval_sample100", ks, itm_rerank_top_k)
         self.settings = {"num_queries": int(num_queries), "num_negatives": int(num_negatives),
                          "num_draws": int(num_draws), "seed": int(seed)}
         self.draws_file = draws_file
-        self.ks = tuple(int(k) for k in ks)
 
-    def compute(self, collected):
+    def compute(self, collected, model=None):
         self._require(collected, self.required_params)
         rows = _sorted_by_sample_index(collected)
         draws = self.load_or_draw(rows["sample_index"], rows["id"], rows["subcategory"])
         row_of = {int(s): i for i, s in enumerate(rows["sample_index"])}
         totals = defaultdict(float)
+        protocols = [("kaleido", None, None)]
+        if self.itm_rerank_top_k:
+            k, itm = self.itm_rerank_top_k, self._itm_scorer(rows, model)
+            # Every row carries its product's text, so text rows are item rows here.
+            protocols.append((f"kaleido_itm_top{k}", (k, lambda image, text: itm(text, image)),
+                              (k, itm)))
         for draw in draws:
             query_rows = torch.tensor([row_of[s] for s in draw["queries"]])
             width = 1 + max((len(n) for n in draw["negatives"]), default=0)
@@ -251,20 +359,27 @@ class SampledRetrieval(DatasetMetric):
             for i, negatives in enumerate(draw["negatives"]):
                 candidates[i, 1:1 + len(negatives)] = torch.tensor(
                     [row_of[s] for s in negatives], dtype=torch.long)
-            itr = self._draw_recall(rows["image_embedding"], rows["text_embedding"],
-                                    query_rows, candidates)
-            tir = self._draw_recall(rows["text_embedding"], rows["image_embedding"],
-                                    query_rows, candidates)
-            for key, value in _retrieval_keys("kaleido", itr, tir).items():
-                totals[key] += value / len(draws)
+            for protocol, itr_rerank, tir_rerank in protocols:
+                itr = self._draw_recall(rows["image_embedding"], rows["text_embedding"],
+                                        query_rows, candidates, itr_rerank)
+                tir = self._draw_recall(rows["text_embedding"], rows["image_embedding"],
+                                        query_rows, candidates, tir_rerank)
+                for key, value in _retrieval_keys(protocol, itr, tir).items():
+                    totals[key] += value / len(draws)
         return dict(totals)
 
-    def _draw_recall(self, query_side, candidate_side, query_rows, candidates):
+    def _draw_recall(self, query_side, candidate_side, query_rows, candidates, rerank=None):
+        """R@K of one draw; ``rerank`` = (k, pair_scores(query_rows, candidate_rows))."""
         valid = candidates >= 0
         gathered = candidate_side[candidates.clamp(min=0)]  # [Q, width, D]
         scores = torch.einsum("qd,qcd->qc", query_side[query_rows], gathered)
         positive = torch.zeros_like(valid)
         positive[:, 0] = True
+        if rerank is not None:
+            k, pair_scores = rerank
+            scores = rerank_top_k(
+                scores, positive, valid, k,
+                lambda query, column: pair_scores(query_rows[query], candidates[query, column]))
         return recall_at_k(positive_ranks(scores, positive, valid), self.ks)
 
     # ------------------------------------------------------------------ draws

@@ -440,8 +440,13 @@ class FashionViL(BaseModel):
         """Heads exist only for the tasks being trained."""
         tasks = set(self.training_tasks)
         heads = self.config.get("heads", {})
-        if "itm" in tasks:
+        rerank_top_k = int(heads.get("itm", {}).get("rerank_top_k", 0) or 0)
+        if "itm" in tasks or rerank_top_k > 0:
             self.itm_head = nn.Linear(width, 2)  # on the FE [CLS] output
+            if "itm" not in tasks:
+                # Kept for re-ranking only (weights from the pre-trained checkpoint): frozen,
+                # so fine-tuning leaves it as pre-trained and DDP expects no gradient for it.
+                self.itm_head.requires_grad_(False)
         if "mlm" in tasks:
             self.mlm_head = BertOnlyMLMHead(self.bert_config)
         if "mpfc" in tasks:
@@ -699,14 +704,23 @@ class FashionViL(BaseModel):
         return value
 
     def forward_two_stream(self, sample_list):
-        """ITC pre-training and XMR fine-tuning: late fusion of IE(v) and TE(w)."""
-        _, image_embedding = self.encode_image(sample_list["image"])
+        """ITC pre-training and XMR fine-tuning: late fusion of IE(v) and TE(w). The visual
+        tokens come along for metrics that re-rank with ``itm_match_scores``."""
+        visual_tokens, image_embedding = self.encode_image(sample_list["image"])
         _, text_embedding = self.encode_text(sample_list["input_ids"], sample_list["input_mask"])
         return {
             "image_embedding": image_embedding,
             "text_embedding": text_embedding,
+            "visual_tokens": visual_tokens,
             "scale": self.embedding_norm.scale.detach(),
         }
+
+    def itm_match_scores(self, input_ids, input_mask, visual_tokens):
+        """How strongly the ITM head says each (text, image) pair matches: logit(match) -
+        logit(no match) on FE([w; v]) [CLS], for re-ranking retrieval candidates.
+        ``visual_tokens`` [P, N, H] as ``encode_image`` returns them."""
+        logits = self._head("itm")(self.fuse(input_ids, input_mask, visual_tokens)[:, 0])
+        return logits[:, 1] - logits[:, 0]
 
     def forward_itm(self, sample_list, generator):
         """ITM: FE([w; v]) [CLS] -> itm_head on the B matching pairs followed by B

@@ -1120,7 +1120,12 @@ class FashionViLTrainer:
             metrics = {}
             for name, metric in self.metrics.items():
                 if name in gathered:
-                    values = metric.compute(deduplicate_by_sample_index(gathered[name]))
+                    rows = deduplicate_by_sample_index(gathered[name])
+                    if getattr(metric, "needs_model", False):
+                        with self._autocast():
+                            values = metric.compute(rows, model=model)
+                    else:
+                        values = metric.compute(rows)
                     if isinstance(values, dict):
                         metrics.update(
                             {f"{prefix}/{name}/{k}": _to_float(v) for k, v in values.items()}

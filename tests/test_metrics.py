@@ -251,6 +251,141 @@ def test_sample100_rejects_a_draws_file_made_otherwise(tmp_path):
         sample100(tmp_path, "draws.json").compute(fewer)
 
 
+# ----------------------------------------------------------------------------- ITM re-ranking
+def brute_reranked_rank(scores, positives, candidates, k, match):
+    """Explicit loops: the candidates ordered by score with negatives first among ties, the
+    first k of them re-ordered by ``match`` and put ahead of the others; rank = negatives
+    at or above the best positive in that order (ties against the query)."""
+    members = [c for c in range(len(scores)) if candidates[c]]
+    ordered = sorted(members, key=lambda c: (-scores[c], c in positives))
+    top = set(ordered[:k])
+
+    def place(c):  # compared as tuples: every top-k member is ahead of every other
+        return (1, match[c]) if c in top else (0, scores[c])
+
+    best = max(place(c) for c in members if c in positives)
+    return sum(1 for c in members if c not in positives and place(c) >= best)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [1, 3, 5, 40])
+def test_rerank_top_k_matches_brute_force_with_ties_and_masked_candidates(seed, k):
+    generator = torch.Generator().manual_seed(seed)
+    queries, width = 12, 9
+    scores = torch.randint(0, 4, (queries, width), generator=generator).float()
+    match = torch.randint(0, 3, (queries, width), generator=generator).float()
+    positive = torch.rand(queries, width, generator=generator) < 0.25
+    candidate = torch.rand(queries, width, generator=generator) < 0.8
+    positive[:, 0] = candidate[:, 0] = True  # every query has a positive candidate
+    calls = []
+
+    def pair_scores(q, c):
+        calls.append((q.clone(), c.clone()))
+        return match[q, c]
+
+    reranked = metrics.rerank_top_k(scores, positive, candidate, k, pair_scores)
+    ranks = positive_ranks(reranked, positive, candidate)
+    for q in range(queries):
+        expected = brute_reranked_rank(scores[q].tolist(), set(positive[q].nonzero().flatten().tolist()),
+                                       candidate[q].tolist(), k, match[q].tolist())
+        assert int(ranks[q]) == expected, q
+    # Only candidates were scored, at most k per query, each pair once.
+    (q, c), = calls
+    assert bool(candidate[q, c].all())
+    assert torch.bincount(q, minlength=queries).max() <= k
+    assert len(set(zip(q.tolist(), c.tolist()))) == len(q)
+
+
+def test_rerank_keeps_recall_from_k_on_and_a_constant_model_at_zero():
+    generator = torch.Generator().manual_seed(5)
+    scores = torch.randint(0, 3, (30, 12), generator=generator).float()
+    positive = torch.zeros(30, 12, dtype=torch.bool)
+    positive[torch.arange(30), torch.randint(0, 12, (30,), generator=generator)] = True
+    candidate = torch.ones_like(positive)
+    noise = torch.rand(30, 12, generator=generator)
+    before = positive_ranks(scores, positive, candidate)
+    after = positive_ranks(
+        metrics.rerank_top_k(scores, positive, candidate, 4, lambda q, c: noise[q, c]),
+        positive, candidate)
+    for k in (4, 5, 12):
+        assert recall_at_k(after, [k]) == recall_at_k(before, [k])
+    # Everything tied (a constant model): no hit, before or after re-ranking.
+    flat = metrics.rerank_top_k(torch.zeros(30, 12), positive, candidate, 4,
+                                lambda q, c: torch.zeros(len(q)))
+    assert recall_at_k(positive_ranks(flat, positive, candidate), [1, 4, 11]) == {
+        1: 0.0, 4: 0.0, 11: 0.0}
+
+
+class OracleITM(torch.nn.Module):
+    """ITM stand-in: a (text, image) pair matches when the text's first token equals the
+    image's first visual feature (both hold the product id in the tests' data)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # gives the scorer a device
+
+    def itm_match_scores(self, input_ids, input_mask, visual_tokens):
+        assert not torch.is_grad_enabled() and not self.training
+        return (input_ids[:, 0].float() == visual_tokens[:, 0, 0]).float()
+
+
+def with_itm_inputs(catalog):
+    """xmr_catalog rows plus the fields ITM re-ranking collects, product id in each."""
+    product = catalog["sample"]["id"]
+    input_ids = torch.zeros(len(product), 4, dtype=torch.long)
+    input_ids[:, 0] = product
+    visual_tokens = torch.randn(len(product), 2, 3)
+    visual_tokens[:, 0, 0] = product.float()
+    sample = {**catalog["sample"], "input_ids": input_ids, "input_mask": torch.ones_like(input_ids)}
+    return sample, {**catalog["model"], "visual_tokens": visual_tokens}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_full_ranking_oracle_itm_brings_every_top_k_positive_to_first(seed):
+    sample, outputs = with_itm_inputs(xmr_catalog(seed, num_products=12))
+    metric = registry.get_metric_class("fashionvil_retrieval")(ks=(1, 3, 10), itm_rerank_top_k=3)
+    assert metric.needs_model
+    collected = split_and_merge(collect_in_batches(metric, sample, outputs), seed)
+    result = metric.compute(collected, model=OracleITM())
+    for direction in ("itr", "tir"):
+        # The oracle puts a positive first whenever one is among the top 3 ...
+        assert result[f"general_itm_top3/{direction}_r@1"] == result[f"general/{direction}_r@3"]
+        # ... and re-ranking inside the top 3 changes nothing from R@3 on.
+        for k in (3, 10):
+            assert result[f"general_itm_top3/{direction}_r@{k}"] == result[f"general/{direction}_r@{k}"]
+    plain = registry.get_metric_class("fashionvil_retrieval")(ks=(1, 3, 10))
+    assert {k: v for k, v in result.items() if k.startswith("general/")} == pytest.approx(
+        plain.compute({k: collected[k] for k in plain.required_params}))
+    # Not an identity: the top-3 positives were not all first before.
+    assert result["general/itr_r@1"] < result["general/itr_r@3"]
+
+
+def test_sample100_oracle_itm_brings_every_top_k_positive_to_first(tmp_path):
+    sample, outputs = with_itm_inputs(xmr_catalog(0, num_products=14, num_subcategories=3))
+    metric = sample100(tmp_path, "draws.json", ks=(1, 2, 5), itm_rerank_top_k=2)
+    result = metric.compute({**sample, **outputs}, model=OracleITM())
+    for direction in ("itr", "tir"):
+        assert result[f"kaleido_itm_top2/{direction}_r@1"] == pytest.approx(
+            result[f"kaleido/{direction}_r@2"])
+        assert result[f"kaleido_itm_top2/{direction}_r@5"] == pytest.approx(
+            result[f"kaleido/{direction}_r@5"])
+    assert result["kaleido/itr_r@1"] < result["kaleido/itr_r@2"]
+
+
+def test_itm_reranking_needs_the_model_its_fields_and_a_valid_k(tmp_path):
+    metric = metrics.FullRankingRetrieval(itm_rerank_top_k=2)
+    assert {"visual_tokens", "input_ids", "input_mask"} <= set(metric.required_params)
+    assert not metrics.FullRankingRetrieval().needs_model
+    sample, outputs = with_itm_inputs(xmr_catalog(0))
+    with pytest.raises(ValueError, match="fashionvil_retrieval re-ranks with ITM and needs the model"):
+        metric.compute({**sample, **outputs})
+    with pytest.raises(ValueError, match="lacks.*visual_tokens"):
+        metric.compute({**sample, **{k: v for k, v in outputs.items() if k != "visual_tokens"}},
+                       model=OracleITM())
+    with pytest.raises(ValueError, match="itm_rerank_top_k must be >= 0"):
+        sample100(tmp_path, "d.json", itm_rerank_top_k=-1)
+
+
 # ----------------------------------------------------------------------------- TGIR
 def tgir_data(seed, categories=3, gallery_per_category=6, queries_per_category=5,
               match_groups=None):

@@ -110,7 +110,10 @@ def test_text_and_fusion_encoders_share_weights():
     with torch.no_grad():
         text_before, _ = model.encode_text(input_ids, input_mask)
         fused_before = model.fuse(input_ids, input_mask, visual_tokens)
-        model.encoder.layer[1].output.dense.weight.add_(0.5)
+        # Random, not constant: a constant added to every row of this weight shifts all
+        # features of a token alike, which the following LayerNorm cancels exactly.
+        weight = model.encoder.layer[1].output.dense.weight
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
         text_after, _ = model.encode_text(input_ids, input_mask)
         fused_after = model.fuse(input_ids, input_mask, visual_tokens)
     assert not torch.allclose(text_before, text_after)
@@ -210,9 +213,10 @@ def test_forward_two_stream_branch(model, task):
     batch = sample_batch(task)
     with torch.no_grad():
         output = model.forward(batch)
-        _, image_embedding = model.encode_image(batch["image"])
+        visual_tokens, image_embedding = model.encode_image(batch["image"])
         _, text_embedding = model.encode_text(batch["input_ids"], batch["input_mask"])
-    assert set(output) == {"image_embedding", "text_embedding", "scale"}
+    assert set(output) == {"image_embedding", "text_embedding", "visual_tokens", "scale"}
+    assert torch.equal(output["visual_tokens"], visual_tokens)
     assert torch.equal(output["image_embedding"], image_embedding)
     assert torch.equal(output["text_embedding"], text_embedding)
     assert output["scale"].item() == pytest.approx(4.0)
@@ -366,6 +370,28 @@ def test_heads_are_built_only_for_trained_tasks(model, tokenizer_checkpoint):
     assert full.mpfc_head.out_features == 12 and full.pac_head.weight.shape == (9, 16)
     with pytest.raises(ValueError, match="heads.pac.num_attributes"):
         build(tiny_config(training_tasks=["pac"]))
+
+
+def test_itm_head_kept_for_reranking_is_frozen_and_scores_pairs(model):
+    reranker = build(tiny_config(heads={"itm": {"rerank_top_k": 5}}))
+    assert not any(p.requires_grad for p in reranker.itm_head.parameters())
+    grouped = {id(p) for group in reranker.get_optimizer_parameters(OPTIMIZER_CONFIG)
+               for p in group["params"]}
+    assert not {id(p) for p in reranker.itm_head.parameters()} & grouped
+    # Trained ITM: the head learns as usual.
+    assert all(p.requires_grad for p in build(tiny_config(training_tasks=["itc", "itm"]))
+               .itm_head.parameters())
+
+    input_ids, input_mask = text_batch()
+    with torch.no_grad():
+        visual_tokens, _ = reranker.encode_image(images())
+        scores = reranker.itm_match_scores(input_ids, input_mask, visual_tokens)
+        cls = reranker.fuse(input_ids, input_mask, visual_tokens)[:, 0]
+        weight, bias = reranker.itm_head.weight, reranker.itm_head.bias
+        expected = cls @ (weight[1] - weight[0]) + (bias[1] - bias[0])
+    torch.testing.assert_close(scores, expected)
+    with pytest.raises(ValueError, match="task 'itm' has no head"):
+        model.itm_match_scores(input_ids, input_mask, visual_tokens)
 
 
 def test_mlm_head_is_tied_to_word_embeddings(tokenizer_checkpoint):

@@ -1,10 +1,11 @@
 """XMR fine-tuning config through mmf_run: full ranking ("general") and sample-100 ("kaleido")
 side by side; the sample-100 draws are saved in the run's save dir, and two evaluations with
-one seed rank the same candidates."""
+one seed rank the same candidates; optional ITM re-ranking with a pre-trained ITM head."""
 import json
 import shutil
 
 import pytest
+import torch
 
 from conftest import MMF_RUN, run_command
 from test_end_to_end import final_metrics
@@ -75,3 +76,41 @@ def test_two_evaluations_with_one_seed_rank_the_same_sample100_candidates(
     assert val[f"{prefix}/fashionvil_retrieval_sample100/kaleido/itr_r@5"] == 100.0
     assert {k.split("/", 1)[1]: v for k, v in test.items()} == pytest.approx(
         {k.split("/", 1)[1]: v for k, v in val.items()}, abs=1e-6)
+
+
+def test_itm_reranking_with_the_pretrained_head(tiny_catalog, tmp_path):
+    """Pre-train ITM for two updates, fine-tune XMR keeping that ITM head for re-ranking the
+    top 3: the head stays as pre-trained, and the evaluation reports re-ranked keys beside
+    the plain ones, equal to them from R@3 on (re-ranking only reorders the top 3)."""
+    pretrain_dir, finetune_dir = tmp_path / "pretrain", tmp_path / "finetune"
+    short = [*SHORT_RUN[2:], f"env.data_dir={tiny_catalog}"]
+    code, output = run_command([
+        MMF_RUN, "config=projects/fashionvil/configs/pretraining/itm_tiny.yaml",
+        "model=fashionvil", "dataset=fashion_pretraining", *short,
+        "dataset_config.fashion_pretraining.attributes_dir=None", f"env.save_dir={pretrain_dir}"])
+    assert code == 0, output[-4000:]
+    code, output = run_command([
+        MMF_RUN, f"config={XMR_TINY}", *SHORT_RUN[:2], *short, f"env.save_dir={finetune_dir}",
+        f"checkpoint.resume_file={pretrain_dir}/current.ckpt", "checkpoint.resume_pretrained=True",
+        "model_config.fashionvil.heads.itm.rerank_top_k=3"])
+    assert code == 0, output[-4000:]
+
+    def itm_head(run_dir):
+        state = torch.load(run_dir / "current.ckpt", weights_only=False)["model"]
+        return {k: v for k, v in state.items() if k.startswith("itm_head.")}
+
+    pretrained, fine_tuned = itm_head(pretrain_dir), itm_head(finetune_dir)
+    assert set(pretrained) == set(fine_tuned) == {"itm_head.weight", "itm_head.bias"}
+    for key in pretrained:
+        assert torch.equal(pretrained[key], fine_tuned[key])
+
+    val = final_metrics(str(finetune_dir), "val")
+    prefix = "val/fashiongen"
+    for metric, protocol in (("fashionvil_retrieval", "general"),
+                             ("fashionvil_retrieval_sample100", "kaleido")):
+        for direction in ("itr", "tir"):
+            plain = f"{prefix}/{metric}/{protocol}/{direction}_r@"
+            reranked = f"{prefix}/{metric}/{protocol}_itm_top3/{direction}_r@"
+            assert 0 <= val[f"{reranked}1"] <= val[f"{reranked}5"]
+            for k in (5, 10):
+                assert val[f"{reranked}{k}"] == val[f"{plain}{k}"]
