@@ -404,7 +404,8 @@ def rank_without_nccl(module):
 
 @_after("mmf.utils.distributed")
 def distributed_init_on_cpu(module):
-    """rc10's distributed_init warms up with a CUDA tensor: it cannot start CPU (gloo) ranks."""
+    """rc10's distributed_init warms up with a CUDA tensor: it cannot start CPU (gloo) ranks.
+    It also refuses a world of one, which `torchrun --nproc_per_node=1` asks for."""
     original = module.distributed_init
     if not _mentions(original, "cuda"):
         return False
@@ -412,12 +413,15 @@ def distributed_init_on_cpu(module):
     from torch import distributed as dist
 
     def distributed_init(config):
-        """Starts the process group; backend null = nccl with CUDA, gloo without."""
+        """Starts the process group; backend null = nccl with CUDA, gloo without. A world of
+        one process runs without a process group, as plain mmf_run does."""
+        if config.distributed.world_size == 1 and not dist.is_initialized():
+            config.distributed.rank = 0
+            return 0
         if config.distributed.backend is None:
             config.distributed.backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if (config.distributed.backend == "nccl" or dist.is_initialized()
-                or config.distributed.world_size == 1):
-            return original(config)  # CUDA warm-up / nothing to start / rc10's error
+        if config.distributed.backend == "nccl" or dist.is_initialized():
+            return original(config)  # CUDA warm-up / nothing to start
         dist.init_process_group(
             backend=config.distributed.backend,
             init_method=config.distributed.init_method,

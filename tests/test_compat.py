@@ -340,6 +340,20 @@ def test_distributed_init_starts_cpu_ranks_with_gloo(monkeypatch):
     assert patched_config.distributed.backend == "gloo"
 
 
+@pytest.mark.parametrize("backend", [None, "gloo", "nccl"])
+def test_distributed_init_of_a_single_process_starts_no_group(monkeypatch, backend):
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: pytest.fail("group started"))
+    config = OmegaConf.create({"distributed": {
+        "backend": backend, "init_method": "env://", "world_size": 1, "rank": None}})
+    with pytest.raises(ValueError, match="world_size=1"):  # torchrun --nproc_per_node=1
+        mmf.utils.distributed.distributed_init.__wrapped__(config)
+    assert mmf.utils.distributed.distributed_init(config) == 0
+    assert config.distributed.rank == 0
+
+
 def test_torchrun_rank_gets_the_device_of_its_local_rank(monkeypatch):
     seen = []
     monkeypatch.setenv("LOCAL_RANK", "1")

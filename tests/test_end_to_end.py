@@ -80,6 +80,19 @@ def test_torchrun_two_cpu_ranks(tiny_catalog, tmp_path):
     assert os.path.isfile(tmp_path / "current.ckpt")
 
 
+def test_torchrun_one_process_trains_as_plain_mmf_run(trained_run, tiny_catalog, tmp_path):
+    code, output = run_command(
+        [TORCHRUN, "--standalone", "--nproc_per_node=1", MMF_RUN, f"config={PRETRAIN}",
+         *SHORT_RUN, f"env.data_dir={tiny_catalog}", f"env.save_dir={tmp_path}"]
+    )
+    assert code == 0, output[-4000:]
+    plain_dir, _ = trained_run
+    records = read_jsonl(tmp_path / "train_log.jsonl")
+    plain = read_jsonl(f"{plain_dir}/train_log.jsonl")
+    assert [r["update"] for r in records] == [r["update"] for r in plain] == [2, 4, 6]
+    assert [r["loss"] for r in records] == pytest.approx([r["loss"] for r in plain], abs=1e-5)
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [
