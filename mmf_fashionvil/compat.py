@@ -256,6 +256,79 @@ def unknown_names_raise(module):
     return True
 
 
+@_after("mmf.utils.configuration")
+def yaml_override_values(module):
+    """rc10 reads command-line values with ast.literal_eval only: `x=false` stays the
+    string "false" (truthy) and `tasks=[itc,mlm]` a string. Later MMF reads them as YAML;
+    so do we where literal_eval fails: true/false/null and [...] / {...} collections."""
+    configuration = module.Configuration
+    if configuration._decode_value(None, "false") is False:
+        return False
+    original = configuration._decode_value
+
+    def _decode_value(self, value):
+        """rc10's literal_eval reading, else YAML for booleans, null and collections."""
+        decoded = original(self, value)
+        if not isinstance(decoded, str) or decoded != value:
+            return decoded
+        text = value.strip()
+        if text.lower() in ("true", "false", "null"):
+            return {"true": True, "false": False, "null": None}[text.lower()]
+        if text[:1] in ("[", "{"):
+            import yaml
+
+            # rc10's _build_opt_list has parsed every value as YAML already: this parses.
+            return yaml.safe_load(text)
+        return value
+
+    _replace(configuration, "_decode_value", _decode_value)
+    return True
+
+
+@_after("mmf.utils.configuration")
+def mapping_overrides_replace(module):
+    """rc10 silently ignores `key={...}` when key holds a mapping (it walks into the mapping
+    and sets nothing): `model_config.fashionvil.task_probabilities={itc: 1}` did nothing.
+    Such a value now replaces the mapping; a value that is not a mapping is an error."""
+    from omegaconf import OmegaConf
+
+    configuration = module.Configuration
+    original = configuration._merge_with_dotlist
+    probe = OmegaConf.create({"probe": {"old": 1}})
+    original(configuration.__new__(configuration), probe, ["probe={'new': 2}"])
+    if "new" in probe.probe:
+        return False
+
+    def _merge_with_dotlist(self, config, opts):
+        """rc10's merge, after replacing the mappings that opts give whole."""
+        opts = list(opts or [])
+        with_equals = bool(opts) and "=" in opts[0]  # rc10 takes `k=v ...` or `k v ...`
+        if with_equals:
+            pairs = [opt.split("=", 1) for opt in opts]
+        else:
+            pairs = list(zip(opts[0::2], opts[1::2]))
+        remaining = []
+        for key, value in pairs:
+            try:
+                current = OmegaConf.select(config, "datasets" if key == "dataset" else key)
+            except Exception:  # a key rc10 reads otherwise (list index): leave it to rc10
+                current = None
+            if not OmegaConf.is_dict(current):
+                remaining += [f"{key}={value}"] if with_equals else [key, value]
+                continue
+            decoded = self._decode_value(value)
+            if not isinstance(decoded, dict):
+                raise ValueError(
+                    f"{key}={value}: {key} is a mapping; give a mapping ({key}={{name: "
+                    f"value, ...}}) or set one entry ({key}.<name>=...)")
+            print(f"Overriding option {key} to {value}")
+            OmegaConf.update(config, key, decoded, merge=False)
+        return original(self, config, remaining)
+
+    _replace(configuration, "_merge_with_dotlist", _merge_with_dotlist)
+    return True
+
+
 @_after("mmf.utils.build")
 def unknown_trainer_raises(module):
     """rc10 calls None(config) for an unregistered training.trainer: a bare TypeError."""

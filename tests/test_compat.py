@@ -220,6 +220,49 @@ def test_absent_command_line_options_read_as_none(toy_names):
         configuration("model=compat_toy_model")
 
 
+def test_command_line_values_read_as_yaml_where_literal_eval_fails(toy_names):
+    config_class = mmf.utils.configuration.Configuration
+    stock = config_class._decode_value.__wrapped__
+    assert stock(None, "false") == "false" and stock(None, "[itc, mlm]") == "[itc, mlm]"
+    toy = ("model=compat_toy_model", "dataset=compat_toy_data")
+    config = configuration(
+        *toy, "checkpoint.resume=false", "training.fast_read=TRUE", "env.cache_dir=null",
+        "evaluation.metrics=[itc, mlm]", "model_config.compat_toy_model.width=['itc','mlm']",
+        "checkpoint.pretrained_state_mapping={itc: 0.5, mlm: 0.5}", "env.save_dir=/a/b:c",
+        "training.max_grad_l2_norm=1e-5", "dataset_config.compat_toy_data.depth=no",
+    ).get_config()
+    assert config.checkpoint.resume is False and config.training.fast_read is True
+    assert config.env.cache_dir is None
+    assert list(config.evaluation.metrics) == ["itc", "mlm"]
+    assert list(config.model_config.compat_toy_model.width) == ["itc", "mlm"]
+    # Everything else as rc10 read it: plain strings stay strings ("no" is not YAML 1.1's
+    # False here), Python literals are numbers.
+    assert config.env.save_dir == "/a/b:c" and config.training.max_grad_l2_norm == 1e-5
+    assert config.dataset_config.compat_toy_data.depth == "no"
+
+
+def test_a_mapping_given_whole_on_the_command_line_replaces_the_mapping(toy_names):
+    config_class = mmf.utils.configuration.Configuration
+    stock = OmegaConf.create({"training": {"probabilities": {"itc": 0.5, "mlm": 0.5}}})
+    config_class._merge_with_dotlist.__wrapped__(
+        config_class.__new__(config_class), stock, ["training.probabilities={'itc': 1.0}"])
+    assert dict(stock.training.probabilities) == {"itc": 0.5, "mlm": 0.5}  # silently kept
+
+    toy = ("model=compat_toy_model", "dataset=compat_toy_data")
+    config = configuration(
+        *toy, "checkpoint.pretrained_state_mapping={image_encoder: visual, text: bert}",
+        "model_config.compat_toy_model={width: 3, depth: 2}", "training.batch_size=4",
+    ).get_config()
+    assert dict(config.checkpoint.pretrained_state_mapping) == {
+        "image_encoder": "visual", "text": "bert"}
+    assert dict(config.model_config.compat_toy_model) == {"width": 3, "depth": 2}
+    assert config.training.batch_size == 4
+    with pytest.raises(ValueError, match="checkpoint.pretrained_state_mapping is a mapping"):
+        configuration(*toy, "checkpoint.pretrained_state_mapping=[a, b]")
+    with pytest.raises(AttributeError, match="no_such_key"):  # rc10's unknown-key error
+        configuration(*toy, "training.no_such_key={a: 1}")
+
+
 def test_unknown_model_or_dataset_name_is_a_clear_error(toy_names):
     config_class = mmf.utils.configuration.Configuration
     with pytest.warns(UserWarning, match="No model named 'nosuch'"):
@@ -445,6 +488,14 @@ def _behaving_modules(tmp_path):
         def _build_model_config(self, config):
             raise ValueError("unknown")
 
+        def _decode_value(self, value):
+            return {"false": False}.get(value, value)
+
+        def _merge_with_dotlist(self, config, opts):
+            for opt in opts:
+                key, value = opt.split("=")
+                OmegaConf.update(config, key, eval(value), merge=False)
+
         _build_dataset_config = _build_model_config
 
         def _register_resolvers(self):
@@ -466,6 +517,8 @@ def _behaving_modules(tmp_path):
     return [
         (compat.shipped_default_config, _fake(get_default_config_path=lambda: str(existing))),
         (compat.unknown_names_raise, _fake(Configuration=Configuration)),
+        (compat.yaml_override_values, _fake(Configuration=Configuration)),
+        (compat.mapping_overrides_replace, _fake(Configuration=Configuration)),
         (compat.plugin_resolvers_survive, _fake(Configuration=Configuration)),
         (compat.unknown_trainer_raises, _fake(build_trainer=build_trainer)),
         (compat.logger_collections_abc, _fake(collections=collections.abc)),

@@ -109,7 +109,6 @@ def main(argv=None):
             run_once(pretrain_dir, "current.ckpt", [
                 f"config={CONFIGS}/pretraining/final_tiny.yaml", *common,
                 "dataset=fashion_pretraining", f"env.save_dir={pretrain_dir}",
-                # rc10 parses override values with ast.literal_eval: a Python list literal
                 f"model_config.fashionvil.training_tasks={tasks!r}",
                 f"model_config.fashionvil.heads.mpfc.tokenizer_checkpoint={tokenizer}",
                 *pretrain_schedule,
