@@ -3,12 +3,15 @@ pre-trained checkpoint (issue 4), in one table.
 
     python -m mmf_fashionvil.benchmarks.downstream --catalog DIR [--checkpoint CKPT]
         [--out bench_out/downstream] [--updates 200] [--seed 0] [--tasks xmr tgir_fashioniq ...]
+        [--itm-rerank-top-k K]
 
 For each task: an untrained model evaluated as is (the near-chance floor, measured), a
 fine-tune from random initialisation, and, with ``--checkpoint`` (e.g. the ablation
 benchmark's six-task pre-training, ``<out>/pretrain_all_six_*/current.ckpt``), a fine-tune
 from it. Every fine-tuned model is evaluated in a separate ``run_type=test`` process from
 its saved checkpoint. Finished runs (named by task, start and update count) are reused.
+With ``--itm-rerank-top-k K`` the XMR runs keep the checkpoint's ITM head (random without
+one) and the table adds R@1 after re-ranking each query's top K with it.
 """
 import argparse
 import os
@@ -46,6 +49,8 @@ def main(argv=None):
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--itm-rerank-top-k", type=int, default=0,
+                        help="XMR: also report R@1 after ITM re-ranking of the top K")
     args = parser.parse_args(argv)
     out, catalog = os.path.abspath(args.out), os.path.abspath(args.catalog)
     os.makedirs(out, exist_ok=True)
@@ -64,9 +69,16 @@ def main(argv=None):
         config, dataset, columns = TASKS[task]
         common = [f"config={CONFIGS}/finetuning/{config}.yaml", "model=fashionvil",
                   f"dataset={dataset}", f"env.data_dir={catalog}", f"training.seed={args.seed}"]
+        name = task
+        k = args.itm_rerank_top_k
+        if task == "xmr" and k:
+            common.append(f"model_config.fashionvil.heads.itm.rerank_top_k={k}")
+            columns = columns + [(f"ITR R@1 ITM top-{k}", f"general_itm_top{k}/itr_r@1"),
+                                 (f"TIR R@1 ITM top-{k}", f"general_itm_top{k}/tir_r@1")]
+            name = f"{task}_itm{k}"
         rows = []
         for start, init in starts.items():
-            run = f"{task}_{start.replace('-', '')}_{args.updates}"
+            run = f"{name}_{start.replace('-', '')}_{args.updates}"
             test_dir = os.path.join(out, f"test_{run}")
             test_args = [*common, "run_type=test", f"env.save_dir={test_dir}"]
             if init is not None:
