@@ -42,6 +42,7 @@ Collected fields per metric (``mo`` = model_output, ``sl`` = sample_list):
 - ``fashionvil_accuracy`` / ``fashionvil_macro_f1``: mo ``scores`` [B, C] (collected as the
   argmax ``prediction``), sl ``targets``.
 """
+import hashlib
 import json
 import os
 from collections import defaultdict
@@ -324,8 +325,10 @@ class SampledRetrieval(_RetrievalMetric):
     text. R@K is averaged over ``num_draws`` draws.
 
     The draws come from ``seed`` and, when ``draws_file`` is set, are saved there as JSON
-    (items named by ``sample_index``); an existing file is reused, so two runs rank the same
-    candidates. A subcategory with fewer than ``num_negatives`` other products gives its
+    (items named by ``sample_index``), one draw set per evaluated split, keyed by a
+    fingerprint of its items (sample_index, product, subcategory); a saved set is reused for
+    the same items, so two runs rank the same candidates, and a split with other items (a dev
+    split next to the test split) gets its own set. A subcategory with fewer than ``num_negatives`` other products gives its
     queries all of them (fewer candidates; a product alone in its subcategory is a certain
     hit); a split smaller than ``num_queries`` uses every item as a query."""
 
@@ -384,16 +387,22 @@ class SampledRetrieval(_RetrievalMetric):
 
     # ------------------------------------------------------------------ draws
     def load_or_draw(self, sample_index, product_id, subcategory):
-        """The draws: read from ``draws_file`` when it exists, else made from the seed (and
-        saved when ``draws_file`` is set). Each draw: {"queries": [sample_index],
+        """The draws: the set ``draws_file`` holds for these items, else made from the seed
+        (and added to ``draws_file`` when set). Each draw: {"queries": [sample_index],
         "negatives": [[sample_index] per query]}."""
+        items = [sample_index.tolist(), product_id.tolist(), subcategory.tolist()]
+        key = hashlib.sha1(json.dumps(items).encode()).hexdigest()[:16]
+        draw_sets = {}
         if self.draws_file and os.path.exists(self.draws_file):
-            draws = self._read_draws()
-            self._check_draws(draws, sample_index, product_id, subcategory)
-            return draws
+            draw_sets = self._read_draw_sets()
+            if key in draw_sets:
+                draws = draw_sets[key]["draws"]
+                self._check_draws(draws, sample_index, product_id, subcategory)
+                return draws
         draws = self.make_draws(sample_index, product_id, subcategory)
         if self.draws_file:
-            self._write_draws(draws, len(sample_index))
+            draw_sets[key] = {"num_items": len(sample_index), "draws": draws}
+            self._write_draw_sets(draw_sets)
         return draws
 
     def make_draws(self, sample_index, product_id, subcategory):
@@ -427,11 +436,11 @@ class SampledRetrieval(_RetrievalMetric):
                           "negatives": negatives})
         return draws
 
-    def _read_draws(self):
+    def _read_draw_sets(self):
         try:
             with open(self.draws_file) as handle:
                 saved = json.load(handle)
-            draws = saved["draws"]
+            draw_sets = dict(saved["draw_sets"])
             recorded = {key: saved[key] for key in self.settings}
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(
@@ -444,7 +453,7 @@ class SampledRetrieval(_RetrievalMetric):
                 f"metric is configured with {self.settings}: delete the file or point "
                 "draws_file elsewhere"
             )
-        return draws
+        return draw_sets
 
     def _check_draws(self, draws, sample_index, product_id, subcategory):
         row_of = {int(s): i for i, s in enumerate(sample_index)}
@@ -467,14 +476,13 @@ class SampledRetrieval(_RetrievalMetric):
                             "split: the file was drawn for other data"
                         )
 
-    def _write_draws(self, draws, num_items):
+    def _write_draw_sets(self, draw_sets):
         directory = os.path.dirname(os.path.abspath(self.draws_file))
         os.makedirs(directory, exist_ok=True)
-        # Write then rename: ranks that compute at the same time never see a partial file.
+        # Write then rename: a reader never sees a partial file.
         temporary = f"{self.draws_file}.{os.getpid()}.tmp"
         with open(temporary, "w") as handle:
-            json.dump({"protocol": "kaleido", **self.settings, "num_items": num_items,
-                       "draws": draws}, handle)
+            json.dump({"protocol": "kaleido", **self.settings, "draw_sets": draw_sets}, handle)
         os.replace(temporary, self.draws_file)
 
 

@@ -199,10 +199,17 @@ def brute_force_sample100(collected, draws):
     return totals
 
 
+def saved_draw_sets(path):
+    """The draw sets of a draws file, a list of {"num_items", "draws"}."""
+    return list(json.loads(path.read_text())["draw_sets"].values())
+
+
 def test_sample100_draws_follow_the_protocol_and_match_brute_force(tmp_path):
     collected = sample100_collected()
     result = sample100(tmp_path, "draws.json").compute(collected)
-    saved = json.loads((tmp_path / "draws.json").read_text())
+    (draw_set,) = saved_draw_sets(tmp_path / "draws.json")
+    assert draw_set["num_items"] == len(collected["sample_index"])
+    saved = {"draws": draw_set["draws"]}
     assert len(saved["draws"]) == 2
     row_of = {int(s): i for i, s in enumerate(collected["sample_index"])}
     product = collected["id"].tolist()
@@ -226,8 +233,7 @@ def test_sample100_draws_are_seeded_saved_and_reused(tmp_path):
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
     assert again == pytest.approx(first)
     sample100(tmp_path, "c.json", seed=2).compute(collected)
-    draws = lambda name: json.loads((tmp_path / name).read_text())["draws"]  # noqa: E731
-    assert draws("c.json") != draws("a.json")
+    assert saved_draw_sets(tmp_path / "c.json") != saved_draw_sets(tmp_path / "a.json")
 
     # An existing file is what gets ranked: replace its draws by a hand-made one.
     saved = json.loads((tmp_path / "a.json").read_text())
@@ -235,10 +241,32 @@ def test_sample100_draws_are_seeded_saved_and_reused(tmp_path):
     same_group = [int(s) for s, p, g in zip(collected["sample_index"], collected["id"],
                                             collected["subcategory"])
                   if g == collected["subcategory"][0] and p != collected["id"][0]]
-    saved["draws"] = [{"queries": [query], "negatives": [same_group[:1]]}] * 2
+    hand_made = [{"queries": [query], "negatives": [same_group[:1]]}] * 2
+    (key,) = saved["draw_sets"]
+    saved["draw_sets"][key]["draws"] = hand_made
     (tmp_path / "a.json").write_text(json.dumps(saved))
     reused = sample100(tmp_path, "a.json").compute(collected)
-    assert reused == pytest.approx(brute_force_sample100(collected, saved["draws"]))
+    assert reused == pytest.approx(brute_force_sample100(collected, hand_made))
+
+
+def test_sample100_keeps_one_draw_set_per_evaluated_split(tmp_path):
+    """A dev split and the test split evaluated into one draws file (run_type=train_test):
+    each gets its own draws, and each is reused when its items come again."""
+    collected = sample100_collected()
+    other_split = {key: value[:10] for key, value in collected.items()}
+    first = sample100(tmp_path, "draws.json").compute(collected)
+    other = sample100(tmp_path, "draws.json").compute(other_split)
+    sets = saved_draw_sets(tmp_path / "draws.json")
+    assert sorted(s["num_items"] for s in sets) == [10, len(collected["sample_index"])]
+    row_of_other = {int(s) for s in other_split["sample_index"]}
+    (small,) = [s for s in sets if s["num_items"] == 10]
+    for draw in small["draws"]:
+        assert set(draw["queries"]) <= row_of_other
+    assert other == pytest.approx(brute_force_sample100(other_split, small["draws"]))
+    # Both sets are reused, in any order of the rows.
+    assert sample100(tmp_path, "draws.json").compute(split_and_merge(collected)) == \
+        pytest.approx(first)
+    assert saved_draw_sets(tmp_path / "draws.json") == sets
 
 
 def test_sample100_rejects_a_draws_file_made_otherwise(tmp_path):
@@ -246,9 +274,16 @@ def test_sample100_rejects_a_draws_file_made_otherwise(tmp_path):
     sample100(tmp_path, "draws.json").compute(collected)
     with pytest.raises(ValueError, match="draws.json.*seed"):
         sample100(tmp_path, "draws.json", seed=9).compute(collected)
-    fewer = {key: value[:10] for key, value in collected.items()}
-    with pytest.raises(ValueError, match="draws.json.*other data"):
-        sample100(tmp_path, "draws.json").compute(fewer)
+    # A set edited to name items the split does not have.
+    saved = json.loads((tmp_path / "draws.json").read_text())
+    (key,) = saved["draw_sets"]
+    saved["draw_sets"][key]["draws"][0]["queries"][0] = 10**6
+    (tmp_path / "draws.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="draws.json names items \\[1000000\\].*other data"):
+        sample100(tmp_path, "draws.json").compute(collected)
+    (tmp_path / "draws.json").write_text(json.dumps({"draws": []}))
+    with pytest.raises(ValueError, match="draws.json is not a draws file written by this"):
+        sample100(tmp_path, "draws.json").compute(collected)
 
 
 # ----------------------------------------------------------------------------- ITM re-ranking

@@ -80,6 +80,53 @@ def test_labels_are_dense_indices_of_the_sorted_train_ids(hand_catalog, tiny_cat
     assert [int(getattr(val[i], label)) for i in range(len(val))] == raw
 
 
+def product_ids(dataset):
+    return [product["id"] for product in dataset.database.products]
+
+
+@pytest.mark.parametrize("label", [None, "subcategory"])
+def test_dev_split_holds_train_products_out_as_val_and_keeps_test(hand_catalog, tiny_catalog,
+                                                                   label):
+    catalog, train_entries, val_entries = hand_catalog
+    config = labelled_config(catalog, tiny_catalog, label, 3 if label else None)
+    config.dev_split = {"fraction": 0.25, "seed": 0}
+    splits = {name: build_dataset(FashionGenBuilder, config, name)
+              for name in ("train", "val", "test")}
+    dev, kept = product_ids(splits["val"]), product_ids(splits["train"])
+    assert len(dev) == 1 and len(kept) == 3 and not set(dev) & set(kept)
+    assert sorted(dev + kept) == [entry["id"] for entry in train_entries]
+    assert product_ids(splits["test"]) == [entry["id"] for entry in val_entries]
+    # Val items: every image of the held-out products, as any evaluation split.
+    images = {entry["id"]: len(entry["images"]) for entry in train_entries}
+    assert len(splits["val"]) == sum(images[i] for i in dev)
+    if label:
+        # One class map, from the whole train file: a product keeps its label in any split.
+        by_id = dict(zip([entry["id"] for entry in train_entries], TRAIN_LABELS[label]))
+        for name in ("train", "val"):
+            dataset = splits[name]
+            got = [(int(dataset[i].id), int(dataset[i].targets)) for i in range(len(dataset))]
+            ids = product_ids(dataset)
+            assert all(by_id[ids[index]] == target for index, target in got)
+    # Seeded: the same products again; other seeds hold other products out.
+    assert product_ids(build_dataset(FashionGenBuilder, config, "val")) == dev
+    held_out = set()
+    for seed in range(6):
+        config.dev_split.seed = seed
+        held_out.add(tuple(product_ids(build_dataset(FashionGenBuilder, config, "val"))))
+    assert len(held_out) > 1
+
+
+def test_dev_split_that_empties_a_side_names_the_train_file(hand_catalog, tiny_catalog):
+    catalog, _, _ = hand_catalog
+    config = labelled_config(catalog, tiny_catalog, None, None)
+    config.dev_split = {"fraction": 0.1, "seed": 0}  # 0.4 of a product
+    with pytest.raises(DataError, match=r"train_info.json: dev_split.fraction=0.1 of its 4"):
+        build_dataset(FashionGenBuilder, config, "val")
+    config.dev_split.fraction = 1.0
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        build_dataset(FashionGenBuilder, config, "train")
+
+
 def test_without_a_label_targets_stay_zero(hand_catalog, tiny_catalog):
     catalog, _, _ = hand_catalog
     config = labelled_config(catalog, tiny_catalog, None, None)

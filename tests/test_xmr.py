@@ -55,8 +55,9 @@ def test_two_evaluations_with_one_seed_rank_the_same_sample100_candidates(
     assert saved[0] == saved[1]
     draws = saved[0]
     assert (draws["seed"], draws["num_negatives"], draws["num_draws"]) == (0, 100, 5)
-    assert len(draws["draws"]) == 5
-    for draw in draws["draws"]:
+    (draw_set,) = draws["draw_sets"].values()  # val and test are one file for FashionGen
+    assert len(draw_set["draws"]) == 5
+    for draw in draw_set["draws"]:
         # 1,000 queries wanted, fewer items: every item is a query.
         assert draw["queries"] == list(range(len(product_of_item)))
         for query, negatives in zip(draw["queries"], draw["negatives"]):

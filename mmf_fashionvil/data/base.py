@@ -73,6 +73,20 @@ def load_image(path):
         raise DataError(f"Image file '{path}' cannot be read (corrupt?): {e}") from None
 
 
+def dev_split_indices(num_products, fraction, seed, path):
+    """Sorted indices of the ``round(fraction * num_products)`` products of the train file
+    ``path`` held out as a dev split (SPEC §9: select models on data the reported split never
+    saw), drawn with ``seed``; the same products for every run with that seed."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"dev_split.fraction must be in [0, 1) (0: no dev split), got {fraction}")
+    count = round(fraction * num_products)
+    if not 0 < count < num_products:
+        raise DataError(f"{path}: dev_split.fraction={fraction} of its {num_products} products "
+                        "leaves the dev or the train split empty")
+    order = torch.randperm(num_products, generator=torch.Generator().manual_seed(seed))
+    return sorted(order[:count].tolist())
+
+
 def image_items(products):
     """(product index, image index) for every image, in order: the evaluation items."""
     return [(p, i) for p, product in enumerate(products) for i in range(len(product["images"]))]
@@ -107,6 +121,11 @@ class ProductDatabase:
                     "subcategory_id": int(entry.get("subcategory_id", -1)),
                 }
             )
+        self.image_items = image_items(self.products)
+
+    def keep(self, indices):
+        """Keeps the products at ``indices`` (in that order), e.g. one side of a dev split."""
+        self.products = [self.products[i] for i in indices]
         self.image_items = image_items(self.products)
 
     def __len__(self):

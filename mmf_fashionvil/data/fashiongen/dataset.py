@@ -10,11 +10,18 @@ The dataset config key ``label`` picks what ``targets`` holds: null (retrieval:
 TRAIN split, sorted, and every split uses that one map, so an index means the
 same class everywhere; an evaluation product of a class train lacks cannot be
 scored and is an error.
+
+``dev_split.fraction`` > 0 holds that share of the train file's products out (seeded by
+``dev_split.seed``) as the val split, which the trainer selects best.ckpt on; train keeps the
+rest and test stays the official file, so the reported split is never used for selection
+(SPEC §9). The class map still comes from the whole train file.
 """
 import torch
 from mmf.common.sample import Sample
 
-from mmf_fashionvil.data.base import DataError, FashionDataset, ProductDatabase, load_image
+from mmf_fashionvil.data.base import (
+    DataError, FashionDataset, ProductDatabase, dev_split_indices, load_image,
+)
 
 LABEL_KEYS = {"category": "category_id", "subcategory": "subcategory_id"}
 # ProductDatabase's value for a product without the id key.
@@ -24,11 +31,25 @@ MISSING_ID = -1
 class FashionGenDataset(FashionDataset):
     def __init__(self, config, dataset_type):
         super().__init__("fashiongen", config, dataset_type)
-        self.database = ProductDatabase(self.root, config.annotations[dataset_type])
+        self.dev_fraction = float((config.get("dev_split") or {}).get("fraction") or 0.0)
+        self.database = self._split_products(config, dataset_type)
         self.label = config.get("label")
         self.class_ids = None  # SCR: the raw ids, in dense-index order
         if self.label is not None:
             self.class_ids, self.labels = self._class_labels(config)
+
+    def _split_products(self, config, dataset_type):
+        """The split's products: its annotation file, or with a dev split (train / val) the
+        train file's products outside / inside the held-out set."""
+        if not self.dev_fraction or dataset_type == "test":
+            return ProductDatabase(self.root, config.annotations[dataset_type])
+        database = ProductDatabase(self.root, config.annotations.train)
+        held_out = dev_split_indices(len(database), self.dev_fraction,
+                                     int(config.dev_split.get("seed", 0)), database.path)
+        if dataset_type == "train":
+            held_out = sorted(set(range(len(database))) - set(held_out))
+        database.keep(held_out)
+        return database
 
     def _class_labels(self, config):
         """(sorted class ids of the train split, dense label of each product)."""
@@ -38,7 +59,8 @@ class FashionGenDataset(FashionDataset):
                 f"{' or '.join(LABEL_KEYS)}"
             )
         key = LABEL_KEYS[self.label]
-        train = self.database if self.is_train else ProductDatabase(
+        whole_train_file = self.is_train and not self.dev_fraction
+        train = self.database if whole_train_file else ProductDatabase(
             self.root, config.annotations.train)
         class_ids = sorted({self._class_id(train, product, key) for product in train.products})
         expected = config.get("num_classes")
