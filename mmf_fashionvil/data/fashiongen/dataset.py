@@ -46,9 +46,10 @@ class FashionGenDataset(FashionDataset):
         database = ProductDatabase(self.root, config.annotations.train)
         held_out = dev_split_indices(len(database), self.dev_fraction,
                                      int(config.dev_split.get("seed", 0)), database.path)
-        if dataset_type == "train":
-            held_out = sorted(set(range(len(database))) - set(held_out))
-        database.keep(held_out)
+        if dataset_type == "val":
+            database.keep(held_out)
+        else:
+            database.keep(sorted(set(range(len(database))) - set(held_out)))
         return database
 
     def _class_labels(self, config):
