@@ -5,6 +5,7 @@ so single-process code paths need no special cases. rc10's own helpers in
 ``mmf.utils.distributed`` report rank 0 / world size 1 whenever NCCL is absent
 (CPU wheels), which is wrong under gloo; use these instead.
 """
+import hashlib
 import os
 
 import torch
@@ -145,3 +146,16 @@ def broadcast_object(obj, src=0):
 def barrier():
     if get_world_size() > 1:
         dist.barrier()
+
+
+def ranks_with_other_parameters(model):
+    """The ranks whose parameters differ from rank 0's (a collective; [] when all agree).
+    DDP keeps them bit-identical; anything else is a bug (e.g. a rank that skipped a
+    gradient all-reduce). Buffers are left out: BatchNorm statistics of the last forward are
+    each rank's own (DDP re-broadcasts rank 0's at the next forward, and rank 0 saves them)."""
+    digest = hashlib.sha256()
+    for name, value in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    digests = gather_objects(digest.hexdigest())
+    return [rank for rank, d in enumerate(digests) if d != digests[0]]

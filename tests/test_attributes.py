@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from mmf_fashionvil.assets import MissingAssetError
-from mmf_fashionvil.attributes import (
+from mmf_fashionvil.tools.attributes import (
     AttributeMiningError,
     main,
     mine_attributes,
@@ -241,7 +241,7 @@ def test_cli_lexicon_tagger(tmp_path):
     lexicon.write_text(json.dumps({w.upper(): t for w, t in LEXICON.items()}))
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "mmf_fashionvil.attributes", "--data-dir", str(tmp_path),
+        [sys.executable, "-m", "mmf_fashionvil.tools.attributes", "--data-dir", str(tmp_path),
          "--min-count", str(MIN_COUNT), "--out", str(out), "--tagger", "lexicon",
          "--lexicon", str(lexicon)],
         capture_output=True, text=True,

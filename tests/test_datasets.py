@@ -7,36 +7,23 @@ import shutil
 import mmf  # noqa: F401  (compat must patch rc10 before our data modules import it)
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from mmf.common.registry import registry
 from mmf_fashionvil.data.base import DataError, ProductDatabase
+from mmf_fashionvil.data.processors import (
+    IMAGE_NORMALIZATION_KEY,
+    image_normalization,
+    registered_image_normalization,
+)
 from mmf_fashionvil.data.fashiongen.builder import FashionGenBuilder
 from mmf_fashionvil.data.pretraining.builder import FashionPretrainingBuilder
 
-
-def dataset_config(builder_class, catalog, **overrides):
-    config = OmegaConf.load(builder_class.config_path()).dataset_config
-    name = list(config.keys())[0]
-    config = config[name]
-    config.data_dir = str(catalog)
-    config.processors.text_processor.params.vocab = os.path.join(str(catalog), "vocab", "vocab.txt")
-    config.processors.text_processor.params.max_seq_length = 24
-    for key in ("train_image_processor", "eval_image_processor"):
-        config.processors[key].params.resize = 64
-        config.processors[key].params.crop = 56
-    for key, value in overrides.items():
-        OmegaConf.update(config, key, value)
-    return config
-
-
-def build(builder_class, config, split):
-    builder = builder_class()
-    return builder.load_dataset(config, split)
+from helpers import build_dataset, catalog_dataset_config
 
 
 def test_eval_items_are_every_image_of_every_product(tiny_catalog):
-    config = dataset_config(FashionGenBuilder, tiny_catalog)
-    val = build(FashionGenBuilder, config, "val")
+    config = catalog_dataset_config(FashionGenBuilder, tiny_catalog)
+    val = build_dataset(FashionGenBuilder, config, "val")
     with open(os.path.join(tiny_catalog, "datasets/FashionGen/val_info.json")) as f:
         products = json.load(f)
     assert len(val) == sum(len(p["images"]) for p in products)
@@ -48,7 +35,8 @@ def test_eval_items_are_every_image_of_every_product(tiny_catalog):
 
 
 def test_item_randomness_depends_on_seed_epoch_and_index_only(tiny_catalog):
-    train = build(FashionGenBuilder, dataset_config(FashionGenBuilder, tiny_catalog), "train")
+    config = catalog_dataset_config(FashionGenBuilder, tiny_catalog)
+    train = build_dataset(FashionGenBuilder, config, "train")
     first = train[3].image
     torch.rand(10)  # the global RNG must not matter
     assert torch.equal(train[3].image, first)
@@ -59,13 +47,37 @@ def test_item_randomness_depends_on_seed_epoch_and_index_only(tiny_catalog):
     assert changed
 
 
+def test_the_builder_registers_its_image_normalisation_for_the_model(tiny_catalog):
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    config = catalog_dataset_config(
+        FashionGenBuilder, tiny_catalog,
+        **{f"processors.{kind}_image_processor.params.{key}": value
+           for kind in ("train", "eval") for key, value in (("mean", mean), ("std", std))})
+    previous = registry.get(IMAGE_NORMALIZATION_KEY, no_warning=True)
+    try:
+        FashionGenBuilder().update_registry_for_model(config)
+        assert registered_image_normalization() == (tuple(mean), tuple(std))
+    finally:
+        registry.register(IMAGE_NORMALIZATION_KEY, previous)
+    # undoing that normalisation gives back pixels in [0, 1]; the defaults' would not.
+    # (rc10 reuses a dataset's processors registered by an earlier build in this process.)
+    for kind in ("text", "train_image", "eval_image"):
+        registry.unregister(f"fashiongen_{kind}_processor")
+    image = build_dataset(FashionGenBuilder, config, "val")[0].image
+    pixels = image * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    default_mean, default_std = image_normalization(None)
+    wrong = image * torch.tensor(default_std)[:, None, None] + torch.tensor(default_mean)[:, None, None]
+    assert not torch.allclose(wrong, pixels, atol=0.05)
+
+
 def test_missing_data_dir_and_dataset_folder_are_named(tiny_catalog, tmp_path):
-    config = dataset_config(FashionGenBuilder, tiny_catalog, data_dir=None)
+    config = catalog_dataset_config(FashionGenBuilder, tiny_catalog, data_dir=None)
     with pytest.raises(DataError, match="env.data_dir is not set"):
-        build(FashionGenBuilder, config, "train")
-    config = dataset_config(FashionGenBuilder, tmp_path)
+        build_dataset(FashionGenBuilder, config, "train")
+    config = catalog_dataset_config(FashionGenBuilder, tmp_path)
     with pytest.raises(DataError, match=str(tmp_path)):
-        build(FashionGenBuilder, config, "train")
+        build_dataset(FashionGenBuilder, config, "train")
 
 
 @pytest.mark.parametrize(
@@ -93,7 +105,8 @@ def test_missing_and_corrupt_images_are_named(tiny_catalog, tmp_path):
                      catalog / "datasets/FashionGen" / info[1]["images"][0])
     first.unlink()
     second.write_bytes(b"garbage")
-    val = build(FashionGenBuilder, dataset_config(FashionGenBuilder, catalog), "val")
+    val = build_dataset(FashionGenBuilder, catalog_dataset_config(FashionGenBuilder, catalog),
+                        "val")
     with pytest.raises(DataError, match="does not exist") as missing:
         val[0]
     assert str(first) in str(missing.value)
@@ -112,8 +125,9 @@ def test_pretraining_union_gives_two_different_views_and_attribute_labels(tiny_c
     (attributes / "FashionGen_train_labels.json").write_text(json.dumps({str(multi["id"]): [0, 2]}))
     for source in ("Fashion200k", "PolyvoreOutfits"):
         (attributes / f"{source}_train_labels.json").write_text("{}")
-    config = dataset_config(FashionPretrainingBuilder, tiny_catalog, attributes_dir=str(attributes))
-    train = build(FashionPretrainingBuilder, config, "train")
+    config = catalog_dataset_config(FashionPretrainingBuilder, tiny_catalog,
+                                    attributes_dir=str(attributes))
+    train = build_dataset(FashionPretrainingBuilder, config, "train")
     sizes = {}
     for source in ("FashionGen", "Fashion200k", "PolyvoreOutfits"):
         with open(os.path.join(tiny_catalog, "datasets", source, "train_info.json")) as f:

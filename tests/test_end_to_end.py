@@ -6,23 +6,10 @@ import shutil
 import pytest
 import torch
 
-from conftest import MMF_RUN, TORCHRUN, read_jsonl, run_command
+from helpers import MMF_RUN, TORCHRUN, final_metrics, read_jsonl, run_command, short_run_args
 
 PRETRAIN = "projects/fashionvil/configs/pretraining/itc_tiny.yaml"
-SHORT_RUN = [
-    "model=fashionvil", "dataset=fashiongen",
-    "training.max_updates=6", "training.batch_size=8", "training.num_workers=0",
-    "training.log_interval=2", "training.evaluation_interval=6",
-    "training.checkpoint_interval=3", "scheduler.params.num_warmup_steps=2",
-    "scheduler.params.num_training_steps=6",
-]
-
-
-
-def final_metrics(save_dir, split):
-    records = [r for r in read_jsonl(os.path.join(save_dir, "eval_log.jsonl")) if r["split"] == split]
-    assert records, f"no {split} evaluation logged"
-    return records[-1]["metrics"]
+SHORT_RUN = short_run_args("fashiongen", updates=6, checkpoint_interval=3, warmup_steps=2)
 
 
 @pytest.fixture(scope="module")

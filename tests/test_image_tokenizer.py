@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from mmf.common.registry import registry
 from mmf.common.sample import SampleList
 from mmf_fashionvil import assets
-from mmf_fashionvil.image_tokenizer import (
+from mmf_fashionvil.modeling.image_tokenizer import (
     DEFAULTS_YAML,
     EMAVectorQuantizer,
     ImageTokenizer,
@@ -366,7 +366,7 @@ def run_config(name):
 def test_run_configs_align_the_code_grid_with_the_fashionvil_grid(
     name, fashionvil_image_size, codes, dim, perceptual
 ):
-    from mmf_fashionvil.model import grid_side
+    from mmf_fashionvil.modeling.layers import grid_side
 
     if fashionvil_image_size is None:
         tiny_base = OmegaConf.load(os.path.join(CONFIGS, "tiny_base.yaml"))

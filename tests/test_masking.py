@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from mmf_fashionvil.masking import block_patch_mask, hard_negative_indices, whole_word_mask
+from mmf_fashionvil.modeling.masking import block_patch_mask, hard_negative_indices, whole_word_mask
 
 PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103
 SPECIAL_IDS = [PAD, UNK, CLS, SEP, MASK]

@@ -8,8 +8,14 @@ from sklearn.metrics import f1_score
 
 from mmf.common.registry import registry
 from mmf.common.sample import SampleList
-from mmf_fashionvil import metrics
-from mmf_fashionvil.metrics import positive_ranks, recall_at_k
+from mmf_fashionvil.metrics.classification import Accuracy, MacroF1
+from mmf_fashionvil.metrics.query_gallery import (
+    Fashion200kTextGuidedImageRetrieval,
+    OutfitComplementaryRetrieval,
+    TextGuidedImageRetrieval,
+)
+from mmf_fashionvil.metrics.ranking import positive_ranks, recall_at_k, rerank_top_k
+from mmf_fashionvil.metrics.retrieval import FullRankingRetrieval, SampledRetrieval
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -75,7 +81,7 @@ def test_positive_ranks_reject_queries_without_positive():
 
 
 def test_dataset_metric_has_no_per_batch_value_and_names_missing_fields():
-    metric = metrics.FullRankingRetrieval()
+    metric = FullRankingRetrieval()
     with pytest.raises(RuntimeError, match="fashionvil_trainer"):
         metric.calculate({}, {})
     with pytest.raises(ValueError, match="'text_embedding'"):
@@ -86,14 +92,13 @@ def test_dataset_metric_has_no_per_batch_value_and_names_missing_fields():
 def test_metrics_are_registered_and_take_params_through_rc10_metrics():
     from mmf.modules.metrics import Metrics
 
-    for name, cls in [("fashionvil_retrieval", metrics.FullRankingRetrieval),
-                      ("fashionvil_retrieval_sample100", metrics.SampledRetrieval),
-                      ("fashionvil_tgir", metrics.TextGuidedImageRetrieval),
-                      ("fashionvil_tgir_fashion200k",
-                       metrics.Fashion200kTextGuidedImageRetrieval),
-                      ("fashionvil_ocir", metrics.OutfitComplementaryRetrieval),
-                      ("fashionvil_accuracy", metrics.Accuracy),
-                      ("fashionvil_macro_f1", metrics.MacroF1)]:
+    for name, cls in [("fashionvil_retrieval", FullRankingRetrieval),
+                      ("fashionvil_retrieval_sample100", SampledRetrieval),
+                      ("fashionvil_tgir", TextGuidedImageRetrieval),
+                      ("fashionvil_tgir_fashion200k", Fashion200kTextGuidedImageRetrieval),
+                      ("fashionvil_ocir", OutfitComplementaryRetrieval),
+                      ("fashionvil_accuracy", Accuracy),
+                      ("fashionvil_macro_f1", MacroF1)]:
         assert registry.get_metric_class(name) is cls
     built = Metrics([{"type": "fashionvil_tgir", "params": {"gallery": "union"}}])
     assert built.metrics["fashionvil_tgir"].gallery == "union"
@@ -154,12 +159,12 @@ def test_full_ranking_ties_are_pessimistic_and_any_image_counts():
         "id": torch.tensor([0, 0, 1]),
         "sample_index": torch.tensor([0, 1, 2]),
     }
-    result = metrics.FullRankingRetrieval().compute(collected)
+    result = FullRankingRetrieval().compute(collected)
     assert result["general/itr_r@1"] == 0 and result["general/itr_r@5"] == 100
     assert result["general/tir_r@1"] == 0 and result["general/tir_r@5"] == 100
     # Distinct texts: product 0's text [0, 1] finds its first image at rank 0.
     collected["text_embedding"] = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
-    result = metrics.FullRankingRetrieval().compute(collected)
+    result = FullRankingRetrieval().compute(collected)
     assert result["general/tir_r@1"] == 50  # product 1's text ties with product 0's 2nd image
     # Product 0's second image [1, 0] prefers product 1's text: the other two are hits.
     assert result["general/itr_r@1"] == pytest.approx(200 / 3)
@@ -318,7 +323,7 @@ def test_rerank_top_k_matches_brute_force_with_ties_and_masked_candidates(seed, 
         calls.append((q.clone(), c.clone()))
         return match[q, c]
 
-    reranked = metrics.rerank_top_k(scores, positive, candidate, k, pair_scores)
+    reranked = rerank_top_k(scores, positive, candidate, k, pair_scores)
     ranks = positive_ranks(reranked, positive, candidate)
     for q in range(queries):
         expected = brute_reranked_rank(scores[q].tolist(), set(positive[q].nonzero().flatten().tolist()),
@@ -340,13 +345,13 @@ def test_rerank_keeps_recall_from_k_on_and_a_constant_model_at_zero():
     noise = torch.rand(30, 12, generator=generator)
     before = positive_ranks(scores, positive, candidate)
     after = positive_ranks(
-        metrics.rerank_top_k(scores, positive, candidate, 4, lambda q, c: noise[q, c]),
+        rerank_top_k(scores, positive, candidate, 4, lambda q, c: noise[q, c]),
         positive, candidate)
     for k in (4, 5, 12):
         assert recall_at_k(after, [k]) == recall_at_k(before, [k])
     # Everything tied (a constant model): no hit, before or after re-ranking.
-    flat = metrics.rerank_top_k(torch.zeros(30, 12), positive, candidate, 4,
-                                lambda q, c: torch.zeros(len(q)))
+    flat = rerank_top_k(torch.zeros(30, 12), positive, candidate, 4,
+                        lambda q, c: torch.zeros(len(q)))
     assert recall_at_k(positive_ranks(flat, positive, candidate), [1, 4, 11]) == {
         1: 0.0, 4: 0.0, 11: 0.0}
 
@@ -408,9 +413,9 @@ def test_sample100_oracle_itm_brings_every_top_k_positive_to_first(tmp_path):
 
 
 def test_itm_reranking_needs_the_model_its_fields_and_a_valid_k(tmp_path):
-    metric = metrics.FullRankingRetrieval(itm_rerank_top_k=2)
+    metric = FullRankingRetrieval(itm_rerank_top_k=2)
     assert {"visual_tokens", "input_ids", "input_mask"} <= set(metric.required_params)
-    assert not metrics.FullRankingRetrieval().needs_model
+    assert not FullRankingRetrieval().needs_model
     sample, outputs = with_itm_inputs(xmr_catalog(0))
     with pytest.raises(ValueError, match="fashionvil_retrieval re-ranks with ITM and needs the model"):
         metric.compute({**sample, **outputs})
@@ -509,7 +514,7 @@ def brute_force_tgir(sample, model, image_vectors, gallery, ks, names):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_tgir_fashioniq_matches_brute_force(gallery, seed):
     sample, model, image_vectors = tgir_data(seed)
-    metric = metrics.TextGuidedImageRetrieval(gallery=gallery, ks=(1, 3))
+    metric = TextGuidedImageRetrieval(gallery=gallery, ks=(1, 3))
     collected = collect_in_batches(metric, sample, model)
     result = metric.compute(collected)
     names = ["dress", "shirt", "toptee"]
@@ -521,8 +526,8 @@ def test_tgir_fashioniq_matches_brute_force(gallery, seed):
 def test_tgir_union_gallery_holds_only_references_and_targets():
     sample, model, _ = tgir_data(4, queries_per_category=1, gallery_per_category=40)
     # With one query per category, the union gallery holds just its reference and target.
-    collected = metrics.TextGuidedImageRetrieval().collect(SampleList(sample), model)
-    union = metrics.TextGuidedImageRetrieval(gallery="union", ks=(1,)).compute(collected)
+    collected = TextGuidedImageRetrieval().collect(SampleList(sample), model)
+    union = TextGuidedImageRetrieval(gallery="union", ks=(1,)).compute(collected)
     assert all(union[f"union/{name}/r@1"] == 100 for name in ("dress", "shirt", "toptee"))
 
 
@@ -536,7 +541,7 @@ def test_tgir_excludes_the_reference_image():
               "sample_index": torch.arange(4)}
     model = {"image_embedding": torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [1.0, 0.0]]),
              "composed_embedding": torch.tensor([[0.0, 0.0]] * 3 + [[1.0, 0.0]])}
-    metric = metrics.TextGuidedImageRetrieval(ks=(1,))
+    metric = TextGuidedImageRetrieval(ks=(1,))
     result = metric.compute(metric.collect(SampleList(sample), model))
     assert result["original/dress/r@1"] == 100
 
@@ -544,7 +549,7 @@ def test_tgir_excludes_the_reference_image():
 def test_tgir_target_missing_from_gallery_is_an_error():
     sample, model, _ = tgir_data(0)
     sample["target_id"][-1] = 999
-    metric = metrics.TextGuidedImageRetrieval()
+    metric = TextGuidedImageRetrieval()
     with pytest.raises(ValueError, match="toptee.*not in its gallery"):
         metric.compute(metric.collect(SampleList(sample), model))
 
@@ -588,7 +593,7 @@ def ocir_data(seed, categories=3, items_per_category=8, queries=12):
 def test_ocir_matches_brute_force_weighted_by_category_frequency():
     sample, model = ocir_data(0)
     ks = (1, 3, 5)
-    metric = metrics.OutfitComplementaryRetrieval(ks=ks, categories=["top", "bottom", "shoes"])
+    metric = OutfitComplementaryRetrieval(ks=ks, categories=["top", "bottom", "shoes"])
     collected = collect_in_batches(metric, sample, model)
     result = metric.compute(collected)
 
@@ -622,7 +627,7 @@ def test_ocir_weighting_by_hand():
               "sample_index": torch.arange(8)}
     items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]] + [[0.0, 0.0]] * 4)
     outfits = torch.tensor([[0.0, 0.0]] * 4 + [[1.0, 0.0]] * 3 + [[0.0, 1.0]])
-    metric = metrics.OutfitComplementaryRetrieval(ks=(1,))
+    metric = OutfitComplementaryRetrieval(ks=(1,))
     result = metric.compute(metric.collect(SampleList(sample),
                                            {"outfit_embedding": outfits, "item_embedding": items}))
     assert result["target_category/0/r@1"] == 100 and result["target_category/1/r@1"] == 0
@@ -633,16 +638,16 @@ def test_ocir_weighting_by_hand():
 def classification_collected(predictions, targets, num_classes):
     scores = torch.nn.functional.one_hot(torch.tensor(predictions), num_classes).float()
     sample = SampleList({"targets": torch.tensor(targets)})
-    return metrics.Accuracy().collect(sample, {"scores": scores})
+    return Accuracy().collect(sample, {"scores": scores})
 
 
 def test_accuracy_and_macro_f1_by_hand():
     # Class 3 is predicted but absent from the targets: no F1 term of its own.
     collected = classification_collected([0, 1, 1, 1, 3], [0, 0, 1, 1, 2], 4)
-    assert metrics.Accuracy().compute(collected) == {"accuracy": pytest.approx(60.0)}
+    assert Accuracy().compute(collected) == {"accuracy": pytest.approx(60.0)}
     f1_class0, f1_class1, f1_class2 = 2 / 3, 4 / 5, 0.0  # 2TP / (2TP + FP + FN)
     expected = 100 * (f1_class0 + f1_class1 + f1_class2) / 3
-    assert metrics.MacroF1().compute(collected) == {"macro_f1": pytest.approx(expected)}
+    assert MacroF1().compute(collected) == {"macro_f1": pytest.approx(expected)}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -653,13 +658,13 @@ def test_macro_f1_matches_sklearn_over_classes_in_targets(seed):
     collected = classification_collected(predictions.tolist(), targets.tolist(), 8)
     expected = 100 * f1_score(targets, predictions, labels=np.unique(targets), average="macro",
                               zero_division=0)
-    assert metrics.MacroF1().compute(collected)["macro_f1"] == pytest.approx(expected)
+    assert MacroF1().compute(collected)["macro_f1"] == pytest.approx(expected)
     merged = split_and_merge({**collected, "sample_index": torch.arange(40)})
     del merged["sample_index"]
-    assert metrics.MacroF1().compute(merged)["macro_f1"] == pytest.approx(expected)
+    assert MacroF1().compute(merged)["macro_f1"] == pytest.approx(expected)
 
 
 def test_classification_collect_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"scores \[B, C\]"):
-        metrics.Accuracy().collect(SampleList({"targets": torch.zeros(2, 3)}),
-                                   {"scores": torch.zeros(2, 3)})
+        Accuracy().collect(SampleList({"targets": torch.zeros(2, 3)}),
+                           {"scores": torch.zeros(2, 3)})

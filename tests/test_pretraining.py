@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import MMF_RUN, read_jsonl, run_command
+from helpers import MMF_RUN, read_jsonl, run_command
 
 CONFIGS = "projects/fashionvil/configs/pretraining"
 MIN_COUNT = 3
@@ -20,7 +20,7 @@ SIX_TASKS = {"itc", "itm", "mlm", "mpfc", "mvc", "pac"}
 def mined_attributes(tiny_catalog, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("attributes"))
     code, output = run_command([
-        sys.executable, "-m", "mmf_fashionvil.attributes", "--data-dir", tiny_catalog,
+        sys.executable, "-m", "mmf_fashionvil.tools.attributes", "--data-dir", tiny_catalog,
         "--min-count", str(MIN_COUNT), "--out", out, "--tagger", "lexicon",
         "--lexicon", os.path.join(tiny_catalog, "vocab", "pos_lexicon.json"),
     ])

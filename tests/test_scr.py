@@ -11,15 +11,24 @@ from mmf.common.sample import Sample, SampleList
 from PIL import Image
 from torch import nn
 
-from conftest import MMF_RUN, run_command
-import mmf_fashionvil.losses  # noqa: F401  (registers the fashionvil_* losses)
+import mmf_fashionvil.modeling.losses  # noqa: F401  (registers the fashionvil_* losses)
 from mmf_fashionvil.data.base import DataError
 from mmf_fashionvil.data.fashiongen.builder import FashionGenBuilder
-from test_datasets import build as build_dataset
-from test_datasets import dataset_config
-from test_end_to_end import final_metrics
-from test_model import VOCAB, WIDTH, images, text_batch, tiny_config
-from test_model import build as build_model
+
+from helpers import (
+    MMF_RUN,
+    VOCAB,
+    WIDTH,
+    build_dataset,
+    build_model,
+    catalog_dataset_config,
+    final_metrics,
+    images,
+    run_command,
+    short_run_args,
+    text_batch,
+    tiny_config,
+)
 
 SCR_TINY = "projects/fashionvil/configs/finetuning/scr_category_tiny.yaml"
 
@@ -60,7 +69,8 @@ def hand_catalog(tmp_path):
 
 
 def labelled_config(catalog, vocab_catalog, label, num_classes):
-    config = dataset_config(FashionGenBuilder, catalog, label=label, num_classes=num_classes)
+    config = catalog_dataset_config(FashionGenBuilder, catalog, label=label,
+                                    num_classes=num_classes)
     config.processors.text_processor.params.vocab = os.path.join(vocab_catalog, "vocab", "vocab.txt")
     return config
 
@@ -262,12 +272,7 @@ def test_scr_head_only_when_trained_and_needs_num_classes():
 
 
 # ------------------------------------------------------------------------------- mmf_run
-SHORT_SCR_RUN = [
-    "model=fashionvil", "dataset=fashiongen", "training.max_updates=4", "training.batch_size=8",
-    "training.num_workers=0", "training.log_interval=2", "training.evaluation_interval=2",
-    "training.checkpoint_interval=4", "scheduler.params.num_warmup_steps=1",
-    "scheduler.params.num_training_steps=4",
-]
+SHORT_SCR_RUN = short_run_args("fashiongen", updates=4, evaluation_interval=2)
 
 
 def test_mmf_run_scr_trains_and_best_checkpoint_reproduces_validation(tiny_catalog, tmp_path):

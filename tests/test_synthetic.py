@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmf_fashionvil import synthetic
+from mmf_fashionvil.tools import synthetic
+from mmf_fashionvil.tools.synthetic import writers
 
 SIZE = 32
 PRODUCTS = 24
@@ -360,7 +361,7 @@ def test_vocabulary_tokenises_every_text_without_unknown_tokens(catalog):
 
 
 def test_nouns_and_adjectives_are_attribute_or_generic_words_and_filler_is_frequent(catalog, tmp_path):
-    from mmf_fashionvil.attributes import lexicon_tagger, mine_attributes
+    from mmf_fashionvil.tools.attributes import lexicon_tagger, mine_attributes
 
     lexicon = load(catalog, "vocab/pos_lexicon.json")
     texts = all_texts(catalog)
@@ -413,7 +414,7 @@ def test_refuses_foreign_folders_and_replaces_previous_or_interrupted_catalogs(t
     def crash(self):
         raise OSError("disk full")
 
-    monkeypatch.setattr(synthetic._CatalogWriter, "fashioniq", crash)
+    monkeypatch.setattr(writers._CatalogWriter, "fashioniq", crash)
     with pytest.raises(OSError, match="disk full"):
         synthetic.generate_catalog(out, num_products=5, image_size=16)
     assert (out / synthetic.INCOMPLETE_MARKER).exists() and not (out / "catalog.json").exists()

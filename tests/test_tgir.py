@@ -7,10 +7,9 @@ import os
 import mmf  # noqa: F401  (compat must patch rc10 before our data modules import it)
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
-import mmf_fashionvil.losses  # noqa: F401  (registers the fashionvil_* losses)
+import mmf_fashionvil.modeling.losses  # noqa: F401  (registers the fashionvil_* losses)
 from mmf.common.registry import registry
 from mmf.common.sample import SampleList
 from mmf_fashionvil.data.base import DataError
@@ -18,11 +17,23 @@ from mmf_fashionvil.data.fashion200k.builder import Fashion200kTGIRBuilder
 from mmf_fashionvil.data.fashion200k.dataset import one_word_neighbours
 from mmf_fashionvil.data.fashioniq.builder import FashionIQBuilder
 from mmf_fashionvil.data.processors import FASHION_MEAN, FASHION_STD
-from mmf_fashionvil.metrics import Fashion200kTextGuidedImageRetrieval, TextGuidedImageRetrieval
-from test_model import build as build_model
-from test_model import images, tiny_config
+from mmf_fashionvil.metrics.query_gallery import (
+    Fashion200kTextGuidedImageRetrieval,
+    TextGuidedImageRetrieval,
+)
 
-from conftest import MMF_RUN, run_command
+from helpers import (
+    MMF_RUN,
+    apply_image_size_and_overrides,
+    build_dataset,
+    build_model,
+    default_dataset_config,
+    final_metrics,
+    images,
+    run_command,
+    short_run_args,
+    tiny_config,
+)
 
 IMAGE_SIDE = 8
 WORDS = ["is", "red", "blue", "longer", "shorter", "has", "no", "sleeves", "a", "print",
@@ -53,24 +64,14 @@ def image_number(image, numbers):
 
 
 def dataset_config(builder_class, data_dir, **overrides):
-    config = OmegaConf.load(builder_class.config_path()).dataset_config
-    config = config[list(config.keys())[0]]
+    config = default_dataset_config(builder_class)
     config.data_dir = str(data_dir)
     vocab = os.path.join(str(data_dir), "vocab.txt")
     with open(vocab, "w") as f:
         f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     config.processors.text_processor.params.vocab = vocab
     config.processors.text_processor.params.max_seq_length = 16
-    for key in ("train_image_processor", "eval_image_processor"):
-        config.processors[key].params.resize = IMAGE_SIDE
-        config.processors[key].params.crop = IMAGE_SIDE
-    for key, value in overrides.items():
-        OmegaConf.update(config, key, value)
-    return config
-
-
-def load(builder_class, config, split):
-    return builder_class().load_dataset(config, split)
+    return apply_image_size_and_overrides(config, IMAGE_SIDE, IMAGE_SIDE, overrides)
 
 
 def tokens(dataset, text):
@@ -135,7 +136,7 @@ def fiq_config(data_dir, **overrides):
 
 
 def test_fashioniq_train_items_are_the_triplets(fashioniq):
-    train = load(FashionIQBuilder, fiq_config(fashioniq), "train")
+    train = build_dataset(FashionIQBuilder, fiq_config(fashioniq), "train")
     assert len(train) == 3
     numbers = list(FIQ_IMAGES.values())
     # (reference, target, text, category index in dress/shirt/toptee)
@@ -152,7 +153,7 @@ def test_fashioniq_train_items_are_the_triplets(fashioniq):
 
 
 def test_fashioniq_eval_rows_are_queries_then_each_categorys_gallery(fashioniq):
-    val = load(FashionIQBuilder, fiq_config(fashioniq), "val")
+    val = build_dataset(FashionIQBuilder, fiq_config(fashioniq), "val")
     ids = {asin: i for i, asin in enumerate(["D4", "D5", "D6", "D7", "S3", "S4", "S5"])}
     # (is_query, image asin, target asin or None, category); D5 listed twice counts once.
     expected = [(1, "D4", "D5", 0), (1, "D6", "D4", 0), (1, "S3", "S4", 1),
@@ -173,7 +174,7 @@ def test_fashioniq_eval_rows_are_queries_then_each_categorys_gallery(fashioniq):
 
 
 def test_fashioniq_categories_keep_their_metric_index_in_a_subset(fashioniq):
-    val = load(FashionIQBuilder, fiq_config(fashioniq, categories=["shirt"]), "val")
+    val = build_dataset(FashionIQBuilder, fiq_config(fashioniq, categories=["shirt"]), "val")
     assert len(val) == 1 + 3
     assert {int(val[i].category) for i in range(len(val))} == {1}
 
@@ -182,7 +183,7 @@ def test_fashioniq_categories_keep_their_metric_index_in_a_subset(fashioniq):
 def test_fashioniq_rows_rank_their_targets_first_with_oracle_embeddings(fashioniq, gallery):
     """One-hot embeddings at the target id / own id: every target must be found first,
     which needs consistent ids, categories and row kinds across the dataset's rows."""
-    val = load(FashionIQBuilder, fiq_config(fashioniq), "val")
+    val = build_dataset(FashionIQBuilder, fiq_config(fashioniq), "val")
     metric = TextGuidedImageRetrieval(gallery=gallery, ks=(1,))
     values = oracle_metric(metric, val, lambda s: int(s.target_id), lambda s: int(s.image_id), 7)
     assert values == {f"{gallery}/dress/r@1": 100.0, f"{gallery}/shirt/r@1": 100.0,
@@ -232,7 +233,7 @@ def test_fashioniq_bad_input_names_file_and_entry(fashioniq, change, overrides, 
     if change is not None:
         change(str(fashioniq / "datasets" / "FashionIQ"))
     with pytest.raises(DataError, match=message):
-        load(FashionIQBuilder, fiq_config(fashioniq, **overrides), "val")
+        build_dataset(FashionIQBuilder, fiq_config(fashioniq, **overrides), "val")
 
 
 # ---------------------------------------------------------------------------- Fashion200k
@@ -268,8 +269,8 @@ def fashion200k(tmp_path):
 
 
 def test_fashion200k_test_queries_then_every_image(fashion200k):
-    test = load(Fashion200kTGIRBuilder, dataset_config(Fashion200kTGIRBuilder, fashion200k),
-                "test")
+    test = build_dataset(Fashion200kTGIRBuilder,
+                         dataset_config(Fashion200kTGIRBuilder, fashion200k), "test")
     # Test images 0..5 (numbers 5..10): descriptions 0 red striped, 1 blue striped,
     # 1, 2 red dotted, 0 (same words in other case), 3 green long dress (no neighbour).
     # Neighbours: 0 -> [1, 2], 1 -> [0], 2 -> [0]; the k-th image of a description takes
@@ -296,8 +297,8 @@ def test_fashion200k_test_queries_then_every_image(fashion200k):
 
 
 def test_fashion200k_train_pairs_are_drawn_per_item_among_one_word_neighbours(fashion200k):
-    train = load(Fashion200kTGIRBuilder, dataset_config(Fashion200kTGIRBuilder, fashion200k),
-                 "train")
+    train = build_dataset(Fashion200kTGIRBuilder,
+                          dataset_config(Fashion200kTGIRBuilder, fashion200k), "train")
     # Train images 0, 1 red striped; 2 blue striped; 3 red dotted; 4 (green dress) no query.
     assert len(train) == 4
     allowed = {  # source image -> {target image: text}
@@ -325,7 +326,8 @@ def test_fashion200k_without_one_word_pairs_is_an_error(fashion200k):
     entries = json.loads(path.read_text())
     path.write_text(json.dumps([entries[0], entries[-1]]))
     with pytest.raises(DataError, match=r"test_info\.json: no two descriptions differ"):
-        load(Fashion200kTGIRBuilder, dataset_config(Fashion200kTGIRBuilder, fashion200k), "test")
+        build_dataset(Fashion200kTGIRBuilder, dataset_config(Fashion200kTGIRBuilder, fashion200k),
+                      "test")
 
 
 # ---------------------------------------------------------------------------------- model
@@ -385,20 +387,7 @@ def test_evaluation_rows_get_the_embedding_of_their_kind_and_zeros(model):
 
 # ---------------------------------------------------------------------------------- mmf_run
 TINY = "projects/fashionvil/configs/finetuning/tgir_fashioniq_tiny.yaml"
-SHORT_RUN = [
-    "model=fashionvil", "dataset=fashioniq", "training.max_updates=4", "training.batch_size=8",
-    "training.num_workers=0", "training.log_interval=2", "training.evaluation_interval=4",
-    "training.checkpoint_interval=4", "scheduler.params.num_warmup_steps=1",
-    "scheduler.params.num_training_steps=4",
-]
-
-
-def final_metrics(save_dir, split):
-    with open(os.path.join(save_dir, "eval_log.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    records = [r for r in records if r["split"] == split]
-    assert records, f"no {split} evaluation logged"
-    return records[-1]["metrics"]
+SHORT_RUN = short_run_args("fashioniq", updates=4)
 
 
 def test_fashioniq_fine_tuning_and_test_run_of_the_best_model(tiny_catalog, tmp_path):

@@ -21,18 +21,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mmf_fashionvil import distributed
-from mmf_fashionvil.trainer import (
-    EvalBatchSampler,
-    FashionViLTrainer,
-    TrainBatchSampler,
-    deduplicate_by_sample_index,
-    draw_task,
-    optimizer_step,
-    read_checkpoint,
-    save_atomic,
-    schedule_factor,
-)
-from conftest import free_port, read_jsonl
+from mmf_fashionvil.tasks import draw_task
+from mmf_fashionvil.training.checkpoints import read_checkpoint, save_atomic
+from mmf_fashionvil.training.evaluation import deduplicate_by_sample_index
+from mmf_fashionvil.training.optimization import optimizer_step, schedule_factor
+from mmf_fashionvil.training.sampling import EvalBatchSampler, TrainBatchSampler
+from mmf_fashionvil.training.trainer import FashionViLTrainer
+from helpers import free_port, read_jsonl
 
 FEATURES = 4
 
@@ -756,7 +751,7 @@ def test_two_ranks_only_rank0_logs_and_metrics_cover_the_whole_split(two_rank_ru
 def test_a_single_training_task_needs_no_probability_entry():
     from omegaconf import OmegaConf
 
-    from mmf_fashionvil.trainer import parse_tasks
+    from mmf_fashionvil.tasks import parse_tasks
 
     config = OmegaConf.create({"training_tasks": ["xmr"], "task_probabilities": {"itc": 0.5, "mlm": 0.5}})
     assert parse_tasks(config) == (["xmr"], [1.0])

@@ -7,16 +7,10 @@ import shutil
 import pytest
 import torch
 
-from conftest import MMF_RUN, run_command
-from test_end_to_end import final_metrics
+from helpers import MMF_RUN, final_metrics, run_command, short_run_args
 
 XMR_TINY = "projects/fashionvil/configs/finetuning/xmr_tiny.yaml"
-SHORT_RUN = [
-    "model=fashionvil", "dataset=fashiongen", "training.max_updates=2", "training.batch_size=8",
-    "training.num_workers=0", "training.log_interval=2", "training.evaluation_interval=2",
-    "training.checkpoint_interval=2", "scheduler.params.num_warmup_steps=1",
-    "scheduler.params.num_training_steps=2",
-]
+SHORT_RUN = short_run_args("fashiongen", updates=2)
 NUM_GROUPS = 2
 
 

@@ -11,8 +11,8 @@ from mmf.datasets.base_dataset import BaseDataset
 from mmf.datasets.base_dataset_builder import BaseDatasetBuilder
 from PIL import Image, UnidentifiedImageError
 
-from mmf_fashionvil.attributes import entry_text
-from mmf_fashionvil.data import processors  # noqa: F401  (registers the processors configs name)
+from mmf_fashionvil.data.captions import entry_text
+from mmf_fashionvil.data.processors import IMAGE_NORMALIZATION_KEY, image_normalization
 
 
 class DataError(ValueError):
@@ -200,7 +200,9 @@ class FashionBuilder(BaseDatasetBuilder):
         return self.dataset_class(config, dataset_type)
 
     def update_registry_for_model(self, config):
-        pass
+        """Tells the model how this dataset normalises its images (MPFC undoes it)."""
+        processor = config.get("processors", {}).get("train_image_processor", {})
+        registry.register(IMAGE_NORMALIZATION_KEY, image_normalization(processor.get("params")))
 
     @classmethod
     def config_path(cls):

@@ -20,7 +20,7 @@ import torch
 from mmf.common.sample import Sample
 
 from mmf_fashionvil.data.base import DataError, FashionDataset, load_image, read_json, require_keys
-from mmf_fashionvil.metrics import FASHIONIQ_CATEGORIES
+from mmf_fashionvil.metrics.query_gallery import FASHIONIQ_CATEGORIES
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TRIPLET_KEYS = ("candidate", "target", "captions")

@@ -20,5 +20,6 @@ class PolyvoreOCIRBuilder(FashionBuilder):
         return dataset
 
     def update_registry_for_model(self, config):
+        super().update_registry_for_model(config)
         if self.num_categories is not None:
             registry.register(NUM_CATEGORIES_KEY, self.num_categories)

@@ -55,7 +55,7 @@ class FashionPretrainingDataset(FashionDataset):
         if not os.path.isfile(path):
             raise DataError(
                 f"Attribute vocabulary '{path}' does not exist: run "
-                f"`python -m mmf_fashionvil.attributes --data-dir <data_dir>` first"
+                f"`python -m mmf_fashionvil.tools.attributes --data-dir <data_dir>` first"
             )
         return len(read_json(path)["vocabulary"])
 

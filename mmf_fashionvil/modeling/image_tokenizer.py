@@ -27,13 +27,11 @@ from mmf.models.base_model import BaseModel
 from omegaconf import OmegaConf
 from torch import nn
 
-from mmf_fashionvil import assets
+from mmf_fashionvil import CONFIGS_DIR, assets
 
 MODEL_NAME = "fashionvil_image_tokenizer"
 CONFIG_PREFIX = f"model_config.{MODEL_NAME}"
-DEFAULTS_YAML = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "configs", "models", MODEL_NAME, "defaults.yaml"
-)
+DEFAULTS_YAML = os.path.join(CONFIGS_DIR, "models", MODEL_NAME, "defaults.yaml")
 RECONSTRUCTION_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 # torchvision VGG16 `features` indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
 VGG16_FEATURE_LAYERS = (3, 8, 15, 22, 29)

@@ -1,6 +1,8 @@
-"""Running ``mmf_run`` as a user would and reading what it logged: shared by the demo and the
-benchmarks (each step is a separate ``mmf_run`` process, its output in a log file)."""
+"""Helpers the demo and the benchmarks share for running ``mmf_run`` steps as a user would
+(each step a separate process, its output in a log file) and reading their logs, and for the
+R@K tables they print (with the chance row)."""
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -8,6 +10,7 @@ import sys
 import time
 
 CONFIGS = "projects/fashionvil/configs"
+KS = (1, 5, 10)  # the R@K columns of the retrieval tables
 
 
 def mmf_run(args, log_path):
@@ -66,3 +69,25 @@ def markdown_table(header, rows):
         lines.append("| " + " | ".join(
             f"{cell:.1f}" if isinstance(cell, float) else str(cell) for cell in row) + " |")
     return "\n".join(lines)
+
+
+def chance_recall(catalog_dir):
+    """Expected R@K of a random ranking on the FashionGen val split.
+
+    ITR: one matching text among N texts -> K/N. TIR: a product with m of the M
+    images -> P(at least one of them in a random top K) = 1 - C(M-m, K)/C(M, K).
+    """
+    path = os.path.join(catalog_dir, "datasets", "FashionGen", "val_info.json")
+    with open(path) as f:
+        products = json.load(f)
+    n_texts = len(products)
+    n_images = sum(len(p["images"]) for p in products)
+    result = {}
+    for k in KS:
+        itr = min(k, n_texts) / n_texts
+        tir = sum(
+            1 - math.comb(n_images - len(p["images"]), k) / math.comb(n_images, k)
+            for p in products
+        ) / n_texts
+        result[k] = (100 * itr, 100 * tir)
+    return result

@@ -1,6 +1,6 @@
 """Pseudo-attribute miner for PAC (SPEC §2): nouns and adjectives of the pre-training texts.
 
-    python -m mmf_fashionvil.attributes --data-dir DIR [--min-count 100] [--out DIR/attributes]
+    python -m mmf_fashionvil.tools.attributes --data-dir DIR [--min-count 100] [--out DIR/attributes]
 
 Reads the pre-processed layout (SPEC §4.1) under ``DIR/datasets/``: every ``<split>_info.json``
 of FashionGen, Fashion200k and PolyvoreOutfits (a JSON list of ``{"id", "title",
@@ -35,6 +35,8 @@ import os
 import re
 from collections import Counter
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from mmf_fashionvil.data.captions import entry_text
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +105,6 @@ def load_lexicon(path: str) -> Dict[str, str]:
             'e.g. {"red": "JJ", "dress": "NN", "with": "IN"}'
         )
     return lexicon
-
-
-def entry_text(entry: dict) -> str:
-    """title + ". " + description (the description is optional, e.g. Fashion200k)."""
-    parts = (str(entry.get(key) or "").strip() for key in ("title", "description"))
-    return ". ".join(part for part in parts if part)
 
 
 def read_info_file(path: str) -> List[Tuple[str, str]]:
@@ -250,7 +246,7 @@ def mine_attributes(
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m mmf_fashionvil.attributes",
+        prog="python -m mmf_fashionvil.tools.attributes",
         description="Mine PAC pseudo-attributes (frequent nouns and adjectives) from the "
         "pre-training texts and write per-sample attribute labels.",
     )

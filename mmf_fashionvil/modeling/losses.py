@@ -40,7 +40,7 @@ from torch import nn
 
 from mmf.common.registry import registry
 from mmf_fashionvil.distributed import all_gather_with_grad, get_rank, get_world_size
-from mmf_fashionvil.masking import IGNORE_INDEX
+from mmf_fashionvil.modeling.masking import IGNORE_INDEX
 
 
 def skipped_loss():
@@ -227,8 +227,8 @@ class ImageTextMatchingLoss(_TaskLoss):
 
 @registry.register_loss("fashionvil_mlm")
 class MaskedLanguageModelingLoss(_TaskLoss):
-    """MLM: cross-entropy of ``mlm_logits`` [B, L, V] against ``mlm_labels`` [B, L] over the
-    masked positions (label -100 elsewhere)."""
+    """MLM: cross-entropy of ``mlm_logits`` [M, V] against ``mlm_labels`` [M], the M masked
+    text positions of the batch (the model evaluates its head there only)."""
 
     required_outputs = ("mlm_logits", "mlm_labels")
 
@@ -250,21 +250,13 @@ class MaskedPatchFeatureClassificationLoss(_TaskLoss):
 @registry.register_loss("fashionvil_pac")
 class PseudoAttributeClassificationLoss(_TaskLoss):
     """PAC: soft-label cross-entropy (paper's smoothing) on both ``pac_image_logits`` and
-    ``pac_text_logits`` [B, A] against the multi-hot ``pac_labels`` (model output) or, when
-    the model does not echo them, ``sample_list.attribute_labels``; the mean of the two so
+    ``pac_text_logits`` [B, A] against the multi-hot ``pac_labels``; the mean of the two so
     that PAC's scale matches the other single-term losses."""
 
-    required_outputs = ("pac_image_logits", "pac_text_logits")
+    required_outputs = ("pac_image_logits", "pac_text_logits", "pac_labels")
 
     def compute(self, sample_list, model_output):
-        labels = model_output.get("pac_labels")
-        if labels is None:
-            labels = sample_list.get("attribute_labels")
-        if labels is None:
-            raise ValueError(
-                "fashionvil_pac: neither model_output['pac_labels'] nor "
-                "sample_list.attribute_labels is present"
-            )
+        labels = model_output["pac_labels"]
         image_loss = soft_label_cross_entropy(model_output["pac_image_logits"], labels)
         text_loss = soft_label_cross_entropy(model_output["pac_text_logits"], labels)
         return (image_loss + text_loss) / 2

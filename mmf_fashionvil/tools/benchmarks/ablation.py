@@ -1,6 +1,6 @@
 """Pre-training task ablation on the synthetic catalog (issue 3; the paper's Table 5 idea).
 
-    python -m mmf_fashionvil.benchmarks.ablation [--out bench_out/ablation] [--products 600]
+    python -m mmf_fashionvil.tools.benchmarks.ablation [--out bench_out/ablation] [--products 600]
         [--pretrain-updates 400] [--finetune-updates 200] [--seed 0]
 
 Steps, each a real process: write the catalog; mine PAC attributes (lexicon tagger, the
@@ -17,8 +17,9 @@ import json
 import os
 import time
 
-from mmf_fashionvil.demo import KS, chance_recall
-from mmf_fashionvil.runs import CONFIGS, last_eval, markdown_table, metric, mmf_run, python_module
+from mmf_fashionvil.tools.mmf_runs import (
+    CONFIGS, KS, chance_recall, last_eval, markdown_table, metric, mmf_run, python_module,
+)
 
 VARIANTS = {  # row name -> pre-training tasks (None: no pre-training)
     "no pre-training": None,
@@ -46,7 +47,7 @@ def run_once(save_dir, done_file, args, log_path):
 def prepare_pretraining(catalog, out, seed):
     """The attribute files (DIR/attributes) and the tokenizer checkpoint MPFC needs."""
     if not os.path.isfile(os.path.join(catalog, "attributes", "attributes.json")):
-        python_module("mmf_fashionvil.attributes", [
+        python_module("mmf_fashionvil.tools.attributes", [
             "--data-dir", catalog, "--min-count", str(ATTRIBUTE_MIN_COUNT),
             "--tagger", "lexicon", "--lexicon", os.path.join(catalog, "vocab", "pos_lexicon.json"),
         ], os.path.join(out, "attributes.log"))
@@ -77,7 +78,7 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     started = time.time()
 
-    from mmf_fashionvil.synthetic import generate_catalog
+    from mmf_fashionvil.tools.synthetic import generate_catalog
 
     if not os.path.isfile(os.path.join(catalog, "catalog.json")):
         generate_catalog(catalog, seed=args.seed, num_products=args.products, image_size=64)

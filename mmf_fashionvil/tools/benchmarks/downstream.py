@@ -1,7 +1,7 @@
 """The five downstream fine-tunes on the synthetic catalog, from scratch and from a
 pre-trained checkpoint (issue 4), in one table.
 
-    python -m mmf_fashionvil.benchmarks.downstream --catalog DIR [--checkpoint CKPT]
+    python -m mmf_fashionvil.tools.benchmarks.downstream --catalog DIR [--checkpoint CKPT]
         [--out bench_out/downstream] [--updates 200] [--seed 0] [--tasks xmr tgir_fashioniq ...]
         [--itm-rerank-top-k K]
 
@@ -17,7 +17,7 @@ import argparse
 import os
 import time
 
-from mmf_fashionvil.runs import CONFIGS, last_eval, markdown_table, metric, mmf_run
+from mmf_fashionvil.tools.mmf_runs import CONFIGS, last_eval, markdown_table, metric, mmf_run
 
 # task -> (config, dataset, [(column, metric key suffix)]); the tiny configs' own metrics.
 TASKS = {

@@ -1,0 +1,306 @@
+"""Cross-modal retrieval (XMR) metrics, all values in percent: ``fashionvil_retrieval``
+(full ranking) and ``fashionvil_retrieval_sample100`` (sample-100), with optional ITM
+re-ranking of each query's top candidates.
+
+Collected fields (``mo`` = model_output, ``sl`` = sample_list):
+
+- ``fashionvil_retrieval`` ("general" full ranking): mo ``image_embedding``,
+  ``text_embedding``; sl ``id`` (product), ``sample_index``. One row per (product, image)
+  item; every row of a product carries the product's text. Texts are de-duplicated by
+  product id (the row with the smallest ``sample_index`` speaks for it).
+- ``fashionvil_retrieval_sample100`` ("kaleido"): the same plus sl ``subcategory``.
+  Both take ``itm_rerank_top_k``; when > 0 they also collect mo ``visual_tokens`` and sl
+  ``input_ids``, ``input_mask``, and need the model (``needs_model``, see below).
+"""
+import hashlib
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from mmf.common.registry import registry
+from mmf_fashionvil.metrics.ranking import (
+    DatasetMetric,
+    chunked_ranks,
+    first_rows_of,
+    positive_ranks,
+    recall_at_k,
+    rerank_top_k,
+    sorted_by_sample_index,
+)
+
+ITM_PAIR_CHUNK = 256  # (text, image) pairs per fusion-encoder pass when re-ranking
+
+
+def itm_pair_scorer(model, input_ids, input_mask, visual_tokens):
+    """pair_scores(text_rows, image_rows) -> ``model.itm_match_scores`` of those pairs, in
+    chunks on the model's device (without gradient, model in eval mode)."""
+    if not hasattr(model, "itm_match_scores"):
+        raise ValueError(f"ITM re-ranking needs a model with itm_match_scores, got "
+                         f"{type(model).__name__}")
+    device = next(model.parameters()).device
+
+    def pair_scores(text_rows, image_rows):
+        was_training = model.training
+        model.eval()
+        values = []
+        with torch.no_grad():
+            for start in range(0, len(text_rows), ITM_PAIR_CHUNK):
+                texts = text_rows[start:start + ITM_PAIR_CHUNK]
+                images = image_rows[start:start + ITM_PAIR_CHUNK]
+                values.append(model.itm_match_scores(
+                    input_ids[texts].to(device), input_mask[texts].to(device),
+                    visual_tokens[images].to(device)).double().cpu())
+        model.train(was_training)
+        return torch.cat(values)
+
+    return pair_scores
+
+
+RETRIEVAL_KS = (1, 5, 10)
+
+
+def _retrieval_keys(protocol, itr, tir):
+    values = {f"{protocol}/itr_r@{k}": v for k, v in itr.items()}
+    values.update({f"{protocol}/tir_r@{k}": v for k, v in tir.items()})
+    values[f"{protocol}/r_mean"] = sum(values.values()) / len(values)
+    return values
+
+
+class _RetrievalMetric(DatasetMetric):
+    """What the two XMR protocols share: R@K keys and optional ITM re-ranking.
+
+    With ``itm_rerank_top_k`` = k > 0 the metric also reports ``<protocol>_itm_top{k}/*``:
+    each query's k best candidates by the embeddings re-ordered by the model's ITM head
+    (``itm_match_scores`` on the collected mo ``visual_tokens`` and sl ``input_ids`` /
+    ``input_mask``; build the head with model_config.fashionvil.heads.itm.rerank_top_k).
+    The trainer then passes the model to :meth:`compute`; the pairs run on rank 0."""
+
+    model_output_keys = ("image_embedding", "text_embedding")
+
+    def __init__(self, name, ks, itm_rerank_top_k):
+        self.ks = tuple(int(k) for k in ks)
+        self.itm_rerank_top_k = int(itm_rerank_top_k or 0)
+        if self.itm_rerank_top_k < 0:
+            raise ValueError(f"metric {name}: itm_rerank_top_k must be >= 0, got "
+                             f"{itm_rerank_top_k}")
+        if self.itm_rerank_top_k:
+            self.model_output_keys = (*self.model_output_keys, "visual_tokens")
+            self.sample_list_keys = (*self.sample_list_keys, "input_ids", "input_mask")
+        super().__init__(name)
+
+    @property
+    def needs_model(self):
+        return self.itm_rerank_top_k > 0
+
+    def _itm_scorer(self, rows, model):
+        """pair_scores(text_rows, image_rows) over rows of the collected split."""
+        if model is None:
+            raise ValueError(f"metric {self.name} re-ranks with ITM and needs the model: run "
+                             "it with training.trainer=fashionvil_trainer")
+        return itm_pair_scorer(model, rows["input_ids"], rows["input_mask"],
+                               rows["visual_tokens"])
+
+
+@registry.register_metric("fashionvil_retrieval")
+class FullRankingRetrieval(_RetrievalMetric):
+    """Image->text and text->image retrieval over the whole split ("general" protocol).
+    ITR: each image ranks every product's text; TIR: each product's text ranks every image,
+    a hit when ANY image of the product is within the top K."""
+
+    sample_list_keys = ("id", "sample_index")
+
+    def __init__(self, ks=RETRIEVAL_KS, itm_rerank_top_k=0):
+        super().__init__("fashionvil_retrieval", ks, itm_rerank_top_k)
+
+    def compute(self, collected, model=None):
+        self._require(collected, self.required_params)
+        rows = sorted_by_sample_index(collected)
+        images, product_of_image = rows["image_embedding"], rows["id"]
+        text_rows, product_ids = first_rows_of(product_of_image)
+        texts = rows["text_embedding"][text_rows]
+        itr = recall_at_k(chunked_ranks(images, texts, product_of_image, product_ids), self.ks)
+        tir = recall_at_k(chunked_ranks(texts, images, product_ids, product_of_image), self.ks)
+        values = _retrieval_keys("general", itr, tir)
+        if self.itm_rerank_top_k:
+            k, itm = self.itm_rerank_top_k, self._itm_scorer(rows, model)
+            itr = chunked_ranks(images, texts, product_of_image, product_ids,
+                                 rerank=(k, lambda image, text: itm(text_rows[text], image)))
+            tir = chunked_ranks(texts, images, product_ids, product_of_image,
+                                 rerank=(k, lambda text, image: itm(text_rows[text], image)))
+            values.update(_retrieval_keys(f"general_itm_top{k}", recall_at_k(itr, self.ks),
+                                          recall_at_k(tir, self.ks)))
+        return values
+
+
+@registry.register_metric("fashionvil_retrieval_sample100")
+class SampledRetrieval(_RetrievalMetric):
+    """The FashionBERT/KaleidoBERT "sample-100" protocol ("kaleido"): each of
+    ``num_queries`` random items is ranked against its positive plus ``num_negatives``
+    items of other products of the SAME subcategory (one item per negative product); ITR
+    ranks the texts of those items for the query's image, TIR their images for the query's
+    text. R@K is averaged over ``num_draws`` draws.
+
+    The draws come from ``seed`` and, when ``draws_file`` is set, are saved there as JSON
+    (items named by ``sample_index``), one draw set per evaluated split, keyed by a
+    fingerprint of its items (sample_index, product, subcategory); a saved set is reused for
+    the same items, so two runs rank the same candidates, and a split with other items (a dev
+    split next to the test split) gets its own set. A subcategory with fewer than
+    ``num_negatives`` other products gives its queries all of them (fewer candidates; a
+    product alone in its subcategory is a certain hit); a split smaller than
+    ``num_queries`` uses every item as a query."""
+
+    sample_list_keys = ("id", "subcategory", "sample_index")
+
+    def __init__(self, num_queries=1000, num_negatives=100, num_draws=5, seed=0,
+                 draws_file=None, ks=RETRIEVAL_KS, itm_rerank_top_k=0):
+        super().__init__("fashionvil_retrieval_sample100", ks, itm_rerank_top_k)
+        self.settings = {"num_queries": int(num_queries), "num_negatives": int(num_negatives),
+                         "num_draws": int(num_draws), "seed": int(seed)}
+        self.draws_file = draws_file
+
+    def compute(self, collected, model=None):
+        self._require(collected, self.required_params)
+        rows = sorted_by_sample_index(collected)
+        draws = self.load_or_draw(rows["sample_index"], rows["id"], rows["subcategory"])
+        row_of = {int(s): i for i, s in enumerate(rows["sample_index"])}
+        totals = defaultdict(float)
+        protocols = [("kaleido", None, None)]
+        if self.itm_rerank_top_k:
+            k, itm = self.itm_rerank_top_k, self._itm_scorer(rows, model)
+            # Every row carries its product's text, so text rows are item rows here.
+            protocols.append((f"kaleido_itm_top{k}", (k, lambda image, text: itm(text, image)),
+                              (k, itm)))
+        for draw in draws:
+            query_rows = torch.tensor([row_of[s] for s in draw["queries"]])
+            width = 1 + max((len(n) for n in draw["negatives"]), default=0)
+            # Candidate rows per query, positive (the query row itself) first, padded with -1.
+            candidates = torch.full((len(query_rows), width), -1, dtype=torch.long)
+            candidates[:, 0] = query_rows
+            for i, negatives in enumerate(draw["negatives"]):
+                candidates[i, 1:1 + len(negatives)] = torch.tensor(
+                    [row_of[s] for s in negatives], dtype=torch.long)
+            for protocol, itr_rerank, tir_rerank in protocols:
+                itr = self._draw_recall(rows["image_embedding"], rows["text_embedding"],
+                                        query_rows, candidates, itr_rerank)
+                tir = self._draw_recall(rows["text_embedding"], rows["image_embedding"],
+                                        query_rows, candidates, tir_rerank)
+                for key, value in _retrieval_keys(protocol, itr, tir).items():
+                    totals[key] += value / len(draws)
+        return dict(totals)
+
+    def _draw_recall(self, query_side, candidate_side, query_rows, candidates, rerank=None):
+        """R@K of one draw; ``rerank`` = (k, pair_scores(query_rows, candidate_rows))."""
+        valid = candidates >= 0
+        gathered = candidate_side[candidates.clamp(min=0)]  # [Q, width, D]
+        scores = torch.einsum("qd,qcd->qc", query_side[query_rows], gathered)
+        positive = torch.zeros_like(valid)
+        positive[:, 0] = True
+        if rerank is not None:
+            k, pair_scores = rerank
+            scores = rerank_top_k(
+                scores, positive, valid, k,
+                lambda query, column: pair_scores(query_rows[query], candidates[query, column]))
+        return recall_at_k(positive_ranks(scores, positive, valid), self.ks)
+
+    # ------------------------------------------------------------------ draws
+    def load_or_draw(self, sample_index, product_id, subcategory):
+        """The draws: the set ``draws_file`` holds for these items, else made from the seed
+        (and added to ``draws_file`` when set). Each draw: {"queries": [sample_index],
+        "negatives": [[sample_index] per query]}."""
+        items = [sample_index.tolist(), product_id.tolist(), subcategory.tolist()]
+        key = hashlib.sha1(json.dumps(items).encode()).hexdigest()[:16]
+        draw_sets = {}
+        if self.draws_file and os.path.exists(self.draws_file):
+            draw_sets = self._read_draw_sets()
+            if key in draw_sets:
+                draws = draw_sets[key]["draws"]
+                self._check_draws(draws, sample_index, product_id, subcategory)
+                return draws
+        draws = self.make_draws(sample_index, product_id, subcategory)
+        if self.draws_file:
+            draw_sets[key] = {"num_items": len(sample_index), "draws": draws}
+            self._write_draw_sets(draw_sets)
+        return draws
+
+    def make_draws(self, sample_index, product_id, subcategory):
+        """Seeded draws for rows given in sample_index order (see :meth:`load_or_draw`)."""
+        rng = np.random.default_rng(self.settings["seed"])
+        sample_index, product_id = sample_index.tolist(), product_id.tolist()
+        subcategory = subcategory.tolist()
+        # subcategory -> product -> its rows, in sample_index order.
+        rows_of = defaultdict(dict)
+        for row, (product, group) in enumerate(zip(product_id, subcategory)):
+            rows_of[group].setdefault(product, []).append(row)
+        products_of = {group: list(products) for group, products in rows_of.items()}
+        draws = []
+        num_queries = min(self.settings["num_queries"], len(sample_index))
+        for _ in range(self.settings["num_draws"]):
+            query_rows = sorted(rng.choice(len(sample_index), num_queries, replace=False).tolist())
+            negatives = []
+            for row in query_rows:
+                group = subcategory[row]
+                products = products_of[group]
+                own = products.index(product_id[row])
+                count = min(self.settings["num_negatives"], len(products) - 1)
+                chosen = []
+                # Draw among the group's other products (skip over the query's own one),
+                # then one item of each.
+                for pick in rng.choice(len(products) - 1, count, replace=False).tolist():
+                    product_rows = rows_of[group][products[pick + int(pick >= own)]]
+                    chosen.append(sample_index[product_rows[int(rng.integers(len(product_rows)))]])
+                negatives.append(chosen)
+            draws.append({"queries": [sample_index[r] for r in query_rows],
+                          "negatives": negatives})
+        return draws
+
+    def _read_draw_sets(self):
+        try:
+            with open(self.draws_file) as handle:
+                saved = json.load(handle)
+            draw_sets = dict(saved["draw_sets"])
+            recorded = {key: saved[key] for key in self.settings}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"sample-100 draws file {self.draws_file} is not a draws file written by this "
+                f"metric ({error!r}); delete it to draw again"
+            ) from error
+        if recorded != self.settings:
+            raise ValueError(
+                f"sample-100 draws file {self.draws_file} was drawn with {recorded}, but the "
+                f"metric is configured with {self.settings}: delete the file or point "
+                "draws_file elsewhere"
+            )
+        return draw_sets
+
+    def _check_draws(self, draws, sample_index, product_id, subcategory):
+        row_of = {int(s): i for i, s in enumerate(sample_index)}
+        product_id, subcategory = product_id.tolist(), subcategory.tolist()
+        for draw in draws:
+            for query, negatives in zip(draw["queries"], draw["negatives"]):
+                unknown = [s for s in [query, *negatives] if s not in row_of]
+                if unknown:
+                    raise ValueError(
+                        f"sample-100 draws file {self.draws_file} names items {unknown[:5]} "
+                        "that are not in this evaluation split: it was drawn for other data"
+                    )
+                q = row_of[query]
+                for s in negatives:
+                    n = row_of[s]
+                    if product_id[n] == product_id[q] or subcategory[n] != subcategory[q]:
+                        raise ValueError(
+                            f"sample-100 draws file {self.draws_file}: negative {s} of query "
+                            f"{query} is not another product of its subcategory in this "
+                            "split: the file was drawn for other data"
+                        )
+
+    def _write_draw_sets(self, draw_sets):
+        directory = os.path.dirname(os.path.abspath(self.draws_file))
+        os.makedirs(directory, exist_ok=True)
+        # Write then rename: a reader never sees a partial file.
+        temporary = f"{self.draws_file}.{os.getpid()}.tmp"
+        with open(temporary, "w") as handle:
+            json.dump({"protocol": "kaleido", **self.settings, "draw_sets": draw_sets}, handle)
+        os.replace(temporary, self.draws_file)

@@ -1,0 +1,1 @@
+"""Command-line tools and scripts; the library never imports from here."""

@@ -1,0 +1,1 @@
+"""The ``fashionvil_trainer`` and its parts: batches, optimization, evaluation, checkpoints, logs."""

@@ -1,0 +1,108 @@
+"""Optimization in the fashionvil_trainer: the optimizer (``optimizer.type`` / ``.params``,
+param groups from the model), the learning-rate schedules (``scheduler.type`` / ``.params``)
+and one optimizer step (unscale, clip, step)."""
+import math
+
+import torch
+from mmf.common.registry import registry
+from mmf.utils.general import get_optimizer_parameters
+from omegaconf import OmegaConf
+
+SCHEDULES = ("warmup_linear", "warmup_cosine", "warmup_multistep")
+SCHEDULE_PARAMS = {"num_warmup_steps", "num_training_steps", "milestones", "gamma"}
+
+
+def schedule_factor(kind, update, num_warmup_steps=0, num_training_steps=None,
+                    milestones=(), gamma=0.1):
+    """Multiplier of the base lr for optimizer update ``update`` (0 = the first).
+
+    Warm-up (update < W): (update + 1) / W, so no update runs with lr 0 and
+    update W-1 reaches the base lr. After warm-up, with T = num_training_steps:
+    warmup_linear (T - update) / (T - W); warmup_cosine
+    0.5 * (1 + cos(pi * (update - W) / (T - W))); warmup_multistep
+    gamma ** (number of milestones <= update).
+    """
+    if update < num_warmup_steps:
+        return (update + 1) / num_warmup_steps
+    if kind == "warmup_multistep":
+        return gamma ** sum(1 for milestone in milestones if update >= milestone)
+    progress = min(1.0, (update - num_warmup_steps) / (num_training_steps - num_warmup_steps))
+    if kind == "warmup_linear":
+        return 1.0 - progress
+    if kind == "warmup_cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"Unknown schedule '{kind}'; known: {', '.join(SCHEDULES)}")
+
+
+def build_lr_scheduler(optimizer, scheduler_config, max_updates):
+    """LambdaLR for ``scheduler: {type, params}``; stepped once after every
+    optimizer update, so update u runs at base_lr * schedule_factor(u).
+    Other types are looked up in MMF's scheduler registry. None without a type."""
+    kind = scheduler_config.get("type") if scheduler_config else None
+    if not kind:
+        return None
+    params = dict(scheduler_config.get("params") or {})
+    if kind not in SCHEDULES:
+        scheduler_class = registry.get_scheduler_class(kind)
+        if scheduler_class is None:
+            known = sorted(set(SCHEDULES) | set(registry.mapping["scheduler_name_mapping"]))
+            raise ValueError(f"scheduler.type '{kind}' is unknown; known: {', '.join(known)}")
+        return scheduler_class(optimizer, **params)
+    unknown = set(params) - SCHEDULE_PARAMS
+    if unknown:
+        raise ValueError(
+            f"scheduler.params {sorted(unknown)} not understood by '{kind}' "
+            f"(accepted: {sorted(SCHEDULE_PARAMS)})"
+        )
+    warmup = int(params.get("num_warmup_steps", 0))
+    total = int(params.get("num_training_steps") or max_updates)
+    milestones = sorted(int(m) for m in params.get("milestones", []))
+    gamma = float(params.get("gamma", 0.1))
+    if warmup < 0 or (kind != "warmup_multistep" and total <= warmup):
+        raise ValueError(
+            f"scheduler '{kind}': need 0 <= num_warmup_steps ({warmup}) < "
+            f"num_training_steps ({total})"
+        )
+
+    def factor(update):
+        return schedule_factor(kind, update, warmup, total, milestones, gamma)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_optimizer(model, config):
+    """``optimizer.type`` from torch.optim (or MMF's registry) over the model's param groups
+    (its ``get_optimizer_parameters(config)`` where it has one)."""
+    optimizer_config = OmegaConf.select(config, "optimizer")
+    kind = optimizer_config.get("type") if optimizer_config else None
+    if not kind:
+        raise ValueError("Set optimizer.type (e.g. AdamW) and optimizer.params")
+    params = OmegaConf.to_container(optimizer_config.get("params") or {}, resolve=True)
+    optimizer_class = getattr(torch.optim, kind, None)
+    if not (isinstance(optimizer_class, type)
+            and issubclass(optimizer_class, torch.optim.Optimizer)):
+        optimizer_class = registry.get_optimizer_class(kind)
+    if optimizer_class is None:
+        known = ", ".join(sorted(registry.mapping["optimizer_name_mapping"]))
+        raise ValueError(
+            f"optimizer.type '{kind}' is neither in torch.optim nor registered ({known})"
+        )
+    return optimizer_class(get_optimizer_parameters(model, config), **params)
+
+
+def optimizer_step(optimizer, parameters, scaler=None, max_grad_norm=None):
+    """Unscales the gradients (fp16), clips their global L2 norm to
+    ``max_grad_norm`` (after unscaling, so the threshold is in real units) and
+    steps. Returns the norm before clipping, or None when not clipping."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norm = None
+    if max_grad_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return norm
+

@@ -1,0 +1,84 @@
+"""Batches of the fashionvil_trainer: a resumable distributed sampler for training, an
+unpadded, sharded one for evaluation, and the data loaders built on them."""
+import math
+
+import numpy as np
+import torch
+from mmf.common.batch_collator import BatchCollator
+
+from mmf_fashionvil.rng import SAMPLER_STREAM, derived_seed
+
+
+class TrainBatchSampler:
+    """Resumable distributed batch sampler for training.
+
+    Epoch e visits ``perm_e = randperm(N)`` drawn from (seed, e); global batch
+    s is ``perm_e[s*B:(s+1)*B]`` and rank r takes its slice [r*b, (r+1)*b)
+    with b = B / world_size. The last incomplete global batch is dropped. The
+    samples of an update therefore do not depend on the number of ranks, and a
+    resumed epoch starts at batch ``start_batch`` without loading the others.
+    """
+
+    def __init__(self, num_samples, global_batch_size, rank, world_size, seed):
+        self.num_samples = num_samples
+        self.global_batch_size = global_batch_size
+        self.batch_size = global_batch_size // world_size
+        self.rank = rank
+        self.seed = seed
+        self.batches_per_epoch = num_samples // global_batch_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch, start_batch=0):
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def __len__(self):
+        return max(0, self.batches_per_epoch - self.start_batch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(
+            derived_seed(self.seed, self.epoch, SAMPLER_STREAM)
+        )
+        order = torch.randperm(self.num_samples, generator=generator)
+        for step in range(self.start_batch, self.batches_per_epoch):
+            begin = step * self.global_batch_size + self.rank * self.batch_size
+            yield order[begin : begin + self.batch_size].tolist()
+
+
+class EvalBatchSampler:
+    """Evaluation batches without padding: rank r takes the r-th of W
+    contiguous, near-equal shards of the split, cut into the same number of
+    batches on every rank (so collectives inside a model's forward, such as
+    contrastive losses gathering negatives, pair up across ranks)."""
+
+    def __init__(self, num_samples, batch_size, rank, world_size):
+        shards = np.array_split(np.arange(num_samples), world_size)
+        num_batches = math.ceil(len(shards[0]) / batch_size)
+        if len(shards[-1]) < num_batches:
+            raise ValueError(
+                f"Cannot split {num_samples} evaluation samples over {world_size} ranks "
+                f"into equal numbers of non-empty batches of at most {batch_size}: use a "
+                "larger evaluation batch size or fewer ranks"
+            )
+        self.batches = [b.tolist() for b in np.array_split(shards[rank], num_batches)]
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def build_loader(dataset, dataset_name, split, sampler, num_workers, pin_memory):
+    """A DataLoader over ``sampler``'s batches, collated into MMF SampleLists."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=BatchCollator(getattr(dataset, "dataset_name", dataset_name), split),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        # Its own generator: creating an iterator must not consume the global RNG
+        # (exact resume).
+        generator=torch.Generator(),
+    )
