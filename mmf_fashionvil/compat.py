@@ -411,36 +411,82 @@ class _WeightsOnlyProbe:
     """An object torch.load(weights_only=True) refuses to unpickle."""
 
 
-def _load_defaults_to_weights_only(torch):
-    import io
-    import pickle
+def _honours_unsafe_load_option(checkpoint_class):
+    """Whether checkpoint_class._torch_load refuses a pickled object unless the config's
+    checkpoint.allow_unsafe_load is true, and loads it when it is."""
+    import tempfile
 
-    buffer = io.BytesIO()
-    torch.save(_WeightsOnlyProbe(), buffer)
-    buffer.seek(0)
-    try:
-        torch.load(buffer)
-        return False
-    except pickle.UnpicklingError:
-        return True
+    import torch
+    from omegaconf import OmegaConf
+
+    loaded = []
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "probe.ckpt")
+        torch.save(_WeightsOnlyProbe(), path)
+        for allow in (False, True):
+            config = OmegaConf.create({"checkpoint": {"allow_unsafe_load": allow}})
+            holder = types.SimpleNamespace(device="cpu", config=config)
+            try:
+                result = checkpoint_class._torch_load(holder, path)
+            except Exception:
+                result = None
+            loaded.append(isinstance(result, _WeightsOnlyProbe))
+    return loaded == [False, True]
+
+
+def _unsafe_load_allowed(config):
+    """Whether an rc10 config (DictConfig, dict or None) sets checkpoint.allow_unsafe_load
+    to true; anything else, an absent key included, means weights only."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_config(config):
+        config = OmegaConf.create(config or {})
+    return OmegaConf.select(config, "checkpoint.allow_unsafe_load", default=False) is True
+
+
+def _load_mmf_checkpoint(path, config, map_location):
+    """read_checkpoint (weights only unless config allows unsafe loads; clear errors) with
+    what MMF's own checkpoints need allowed. rc10 saves its config as plain containers and
+    needs nothing more, but still reads Pythia v0.3 checkpoints, whose config is a
+    pythia.utils.configuration.ConfigNode, an OrderedDict subclass (rc10 keeps the name as
+    an empty one, used as a mapping only). Weights-only unpickling fills no dict subclass:
+    it loads as an OrderedDict."""
+    import torch
+
+    from mmf_fashionvil.training.checkpoints import read_checkpoint
+
+    mmf_classes = [(collections.OrderedDict, "pythia.utils.configuration.ConfigNode")]
+    with torch.serialization.safe_globals(mmf_classes):
+        return read_checkpoint(path, _unsafe_load_allowed(config), map_location)
 
 
 @_after("mmf.utils.checkpoint")
 def trusted_checkpoint_load(module):
-    """torch>=2.6 loads weights only by default; rc10's checkpoints also hold Python objects."""
+    """rc10 unpickles whatever a checkpoint holds (torch<2.6: a resume_file can run code) or,
+    on torch>=2.6, refuses its Pythia files with no way to opt in. It now loads weights
+    only, unless the config sets checkpoint.allow_unsafe_load: true (files you trust)."""
     import torch
 
-    if not _load_defaults_to_weights_only(torch):
+    if _honours_unsafe_load_option(module.Checkpoint):
         return False
 
-    def load(*args, **kwargs):
-        """torch.load with full unpickling: rc10 loads its own (trusted) checkpoints
-        and MMF zoo models here; never point it at files from untrusted sources."""
-        kwargs.setdefault("weights_only", False)
-        return torch.load(*args, **kwargs)
+    def _torch_load(self, file):
+        """rc10's load of a resume file, weights only unless this Checkpoint's config
+        (the trainer's) sets checkpoint.allow_unsafe_load: true."""
+        module._hack_imports()  # Pythia's module names, for unsafe loads of its files
+        on_gpu = "cuda" in str(self.device)
+        return _load_mmf_checkpoint(file, self.config, self.device if on_gpu else "cpu")
 
+    def load(f, map_location=None):
+        """torch.load for load_pretrained_model (zoo models): weights only unless the
+        global config (registry "config") sets checkpoint.allow_unsafe_load: true."""
+        from mmf.common.registry import registry
+
+        return _load_mmf_checkpoint(f, registry.get("config"), map_location)
+
+    _replace(module.Checkpoint, "_torch_load", _torch_load)
     # Only mmf.utils.checkpoint sees this `torch`; everything else is the real module.
-    scoped_torch = types.ModuleType("torch", "torch, with a load() that trusts the file")
+    scoped_torch = types.ModuleType("torch", "torch, with a load() that reads weights only")
     scoped_torch.__getattr__ = lambda name: getattr(torch, name)
     scoped_torch.load = load
     load.__wrapped__ = torch.load

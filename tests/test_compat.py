@@ -318,14 +318,20 @@ def test_config_yaml_is_saved_without_pretty(tmp_path):
     assert OmegaConf.load(tmp_path / "config.yaml") == {"a": 3, "b": 3}
 
 
-def test_checkpoint_loads_its_own_files_in_full(tmp_path):
+def test_checkpoint_loads_weights_only_unless_the_config_allows_more(tmp_path):
     path = str(tmp_path / "current.ckpt")
     saved = {"model": {"w": torch.arange(3.0)}, "config": argparse.Namespace(lr=0.5)}
     torch.save(saved, path)
-    checkpoint = types.SimpleNamespace(device="cpu")
-    with pytest.raises(pickle.UnpicklingError):
-        pristine("mmf.utils.checkpoint").Checkpoint._torch_load(checkpoint, path)
-    loaded = mmf.utils.checkpoint.Checkpoint._torch_load(checkpoint, path)
+
+    def checkpoint(allow_unsafe):
+        config = OmegaConf.create({"checkpoint": {"allow_unsafe_load": allow_unsafe}})
+        return types.SimpleNamespace(device="cpu", config=config)
+
+    with pytest.raises(pickle.UnpicklingError):  # stock rc10 has no way to opt in
+        pristine("mmf.utils.checkpoint").Checkpoint._torch_load(checkpoint(True), path)
+    with pytest.raises(ValueError, match=r"checkpoint\.allow_unsafe_load=true"):
+        mmf.utils.checkpoint.Checkpoint._torch_load(checkpoint(False), path)
+    loaded = mmf.utils.checkpoint.Checkpoint._torch_load(checkpoint(True), path)
     assert loaded["config"].lr == 0.5 and torch.equal(loaded["model"]["w"], torch.arange(3.0))
     with pytest.raises(pickle.UnpicklingError):  # torch.load elsewhere stays weights-only
         torch.load(path)
@@ -509,6 +515,11 @@ def _behaving_modules(tmp_path):
         def update_registry_for_model(self, config):
             pass
 
+    class Checkpoint:
+        def _torch_load(self, file):
+            allow_unsafe = self.config.checkpoint.allow_unsafe_load
+            return torch.load(file, weights_only=not allow_unsafe)
+
     def build_trainer(config):
         raise ValueError("unknown trainer")
 
@@ -528,17 +539,15 @@ def _behaving_modules(tmp_path):
         (compat.device_from_local_rank, _fake(run=main, distributed_main=main, main=main)),
         (compat.builder_registry_hook, _fake(BaseDatasetBuilder=Builder)),
         (compat.metric_params, _fake(Metrics=Metrics)),
+        (compat.trusted_checkpoint_load, _fake(Checkpoint=Checkpoint)),
     ]
 
 
-@pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
 def test_patches_leave_an_mmf_that_already_behaves_alone(tmp_path, monkeypatch):
     from omegaconf import DictConfig
 
     monkeypatch.setattr(DictConfig, "pretty", lambda self: "", raising=False)
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch<2.6 behaviour
-    cases = _behaving_modules(tmp_path) + [(compat.trusted_checkpoint_load, _fake())]
-    for patch, module in cases:
+    for patch, module in _behaving_modules(tmp_path):
         before = dict(vars(module))
         assert patch(module) is False, patch.__name__
         assert vars(module) == before, patch.__name__

@@ -4,7 +4,9 @@ images, and per-item randomness that is reproducible for exact resume.
 """
 import json
 import os
+import warnings
 
+import numpy as np
 import torch
 from mmf.common.registry import registry
 from mmf.datasets.base_dataset import BaseDataset
@@ -37,11 +39,24 @@ def dataset_root(config):
 
 
 def read_json(path):
+    """The content of a UTF-8 JSON annotation file; a missing, non-UTF-8 or invalid one is
+    an error naming the file (and the first bad byte)."""
     if not os.path.isfile(path):
         raise DataError(f"Annotation file '{path}' does not exist")
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        # Decoded here rather than by open(): the error's offset is then the file's byte offset.
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"Annotation file '{path}' is not UTF-8: byte 0x{data[e.start]:02x} at byte offset "
+            f"{e.start} (line {line}) cannot be decoded; annotation files must be UTF-8 "
+            "(re-encode it, e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"Annotation file '{path}' is not valid JSON: {e}") from None
 
@@ -63,14 +78,112 @@ def product_text(entry, path):
     return text
 
 
-def load_image(path):
+def integer_field(entry, key, where, default=None):
+    """``entry[key]`` as an int (``default`` when absent or null); anything else is an error
+    naming ``where`` (file and entry) and the field."""
+    value = entry.get(key)
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    # A string of digits ("3") is accepted: exports such as Polyvore's metadata write ids as
+    # strings. A name ("tops"), a sign, a fraction or a boolean is not an id.
+    if isinstance(value, str) and value.isdecimal():
+        return int(value)
+    raise DataError(f"{where} has a non-integer {key} {value!r}")
+
+
+class ImageRoot:
+    """The folder a dataset's image paths must resolve into: annotation files are data, and
+    a path in one (``/abs/path``, ``../../x``, a symlink) must not make the loader read
+    whatever it points at, unless the dataset config sets ``allow_images_outside_root``."""
+
+    def __init__(self, folder, allow_outside=False):
+        self.folder = folder
+        self.real_folder = os.path.realpath(folder)
+        self._inside_prefix = os.path.join(self.real_folder, "")  # a trailing separator
+        self.allow_outside = bool(allow_outside)
+        self._real_parents = {}
+
+    def path(self, relative, where):
+        """``folder/relative``, checked (symlinks and '..' resolved) to stay inside the folder;
+        ``where`` names the file and entry the path comes from."""
+        path = os.path.join(self.folder, relative)
+        if self.allow_outside:
+            return path
+        real = self._realpath(path)
+        if real != self.real_folder and not real.startswith(self._inside_prefix):
+            raise DataError(
+                f"{where}: image path {relative!r} resolves to '{real}', outside the dataset "
+                f"folder '{self.real_folder}' (set allow_images_outside_root: true in the "
+                "dataset config to read images outside it)"
+            )
+        return path
+
+    def _realpath(self, path):
+        """``os.path.realpath(path)``, resolving each folder once: a realpath per image walks
+        every path component (seconds for FashionGen's 260k images)."""
+        parent, name = os.path.split(path)
+        if name in ("", ".", "..") or not parent or parent == path:
+            return os.path.realpath(path)
+        real_parent = self._real_parents.get(parent)
+        if real_parent is None:
+            real_parent = self._real_parents[parent] = self._realpath(parent)
+        real = os.path.join(real_parent, name)
+        return os.path.realpath(real) if os.path.islink(real) else real
+
+
+# PIL's default Image.MAX_IMAGE_PIXELS: the default of the dataset config key max_image_pixels.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# Modes whose 8-bit conversion PIL does right (palette and CMYK included); the others
+# (alpha, transparency keys, 16/32-bit grey) are converted by to_rgb itself.
+PLAIN_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr")
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(image):
+    """The 8-bit RGB image of ``image``: transparency composited onto white (product shots
+    are often cut-out RGBA PNGs, and PIL's plain conversion turns their background black),
+    16-bit grey scaled to 8 bits by ``value >> 8``."""
+    if image.mode in WIDE_GREY_MODES:
+        # PIL clips 16-bit values to 255 (a white image). The high byte (>> 8) is what 8-bit
+        # viewers show and agrees with round(value / 257) within 1. Mode I is 32-bit: it holds
+        # 16-bit data (PNG, TIFF), so it is clipped to that range first.
+        grey = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
+        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")  # a transparency key (P, L, RGB) becomes alpha
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode in PLAIN_MODES:
+        return image.convert("RGB")
+    raise ValueError(f"image mode {image.mode} has no defined RGB conversion")
+
+
+def load_image(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """The RGB image at ``path`` (see :func:`to_rgb`); one of more than ``max_pixels``
+    pixels, a missing or an unreadable one is an error naming the file."""
+    too_large = (f"Image file '{path}' has more pixels than the limit max_image_pixels="
+                 f"{max_pixels} of the dataset config (a decompression bomb?)")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            # PIL warns on opening an image past its own global limit; ours decides instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                rgb = to_rgb(image) if width * height <= max_pixels else None
+    except Image.DecompressionBombError as e:
+        # PIL refuses (while opening) images past twice its global Image.MAX_IMAGE_PIXELS:
+        # that also bounds a larger max_image_pixels.
+        raise DataError(f"{too_large}, or than PIL's own limit: {e}") from None
     except FileNotFoundError:
         raise DataError(f"Image file '{path}' does not exist") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"Image file '{path}' cannot be read (corrupt?): {e}") from None
+    if rgb is None:
+        raise DataError(f"{too_large}: it is {width}x{height}")
+    return rgb
 
 
 def dev_split_indices(num_products, fraction, seed, path):
@@ -101,24 +214,35 @@ class ProductDatabase:
 
     REQUIRED_KEYS = ("id", "images", "title")
 
-    def __init__(self, root, annotation_file):
+    def __init__(self, root, annotation_file, allow_images_outside_root=False):
         self.path = os.path.join(root, annotation_file)
         entries = read_json(self.path)
         if not isinstance(entries, list) or not entries:
             raise DataError(f"{self.path}: expected a non-empty JSON list of products")
-        self.products = []
+        image_root = ImageRoot(root, allow_images_outside_root)
+        self.products, first_position = [], {}
         for position, entry in enumerate(entries):
             require_keys(entry, self.REQUIRED_KEYS, self.path, position)
+            # Keyed as the attribute label files are (str): 7 and "7" are one product there.
+            key = str(entry["id"])
+            if key in first_position:
+                # A repeated product would be its own wrong match in retrieval evaluation.
+                raise DataError(f"{self.path}: product id {entry['id']!r} appears twice, in "
+                                f"entries {first_position[key]} and {position}")
+            first_position[key] = position
+            where = f"{self.path}: product {entry['id']}"
             images = entry["images"]
             if not isinstance(images, list) or not images:
-                raise DataError(f"{self.path}: product {entry['id']} has no images")
+                raise DataError(f"{where} has no images")
+            if not all(isinstance(p, str) and p for p in images):
+                raise DataError(f"{where}: images must be a list of path strings, got {images!r}")
             self.products.append(
                 {
                     "id": entry["id"],
-                    "images": [os.path.join(root, p) for p in images],
+                    "images": [image_root.path(p, where) for p in images],
                     "text": product_text(entry, self.path),
-                    "category_id": int(entry.get("category_id", -1)),
-                    "subcategory_id": int(entry.get("subcategory_id", -1)),
+                    "category_id": integer_field(entry, "category_id", where, default=-1),
+                    "subcategory_id": integer_field(entry, "subcategory_id", where, default=-1),
                 }
             )
         self.image_items = image_items(self.products)
@@ -143,12 +267,25 @@ class FashionDataset(BaseDataset):
     def __init__(self, dataset_name, config, dataset_type):
         super().__init__(dataset_name, config, dataset_type)
         self.root = dataset_root(config)
+        self.max_image_pixels = int(config.get("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS)
+        self.allow_images_outside_root = bool(config.get("allow_images_outside_root", False))
+        self.image_root = ImageRoot(self.root, self.allow_images_outside_root)
         self.seed = int(registry.get("seed", no_warning=True) or 0)
         self.epoch = 0
 
     @staticmethod
     def has_split(config, dataset_type):
         return bool(config.get("annotations", {}).get(dataset_type))
+
+    def read_products(self, annotation_file, folder=None):
+        """The products of ``folder/annotation_file`` (default folder: the dataset's), whose
+        image paths must stay inside that folder."""
+        folder = self.root if folder is None else folder
+        return ProductDatabase(folder, annotation_file, self.allow_images_outside_root)
+
+    def read_image(self, path):
+        """The RGB image at ``path``, within the dataset's max_image_pixels."""
+        return load_image(path, self.max_image_pixels)
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)

@@ -1,7 +1,10 @@
 """Checkpoint files: atomic writes, safe reads, and loading model weights from our own,
 MMF's or bare state dicts."""
+import errno
 import os
 import pickle
+import re
+import shutil
 
 import torch
 
@@ -9,10 +12,19 @@ import torch
 CHECKPOINT_FORMAT = "mmf_fashionvil.trainer/1"
 
 
+# The temporary file of a save in progress: <name>.ckpt.tmp<pid>.
+TEMPORARY_FILE = re.compile(r".+\.ckpt\.tmp\d+")
+# Less free space than this after a failed write: call the disk full.
+FULL_DISK_BYTES = 64 * 2**20
+
+
 def save_atomic(state, path):
     """torch.save to a temporary file in the same folder, fsync, then rename:
-    a killed process leaves either the old file or the new one, never half."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    a killed process leaves either the old file or the new one, never half (and a
+    temporary file that :func:`remove_interrupted_saves` removes at the next start).
+    A failed write raises OSError naming the path and the cause."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     temporary = f"{path}.tmp{os.getpid()}"
     try:
         with open(temporary, "wb") as f:
@@ -20,32 +32,67 @@ def save_atomic(state, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:
+        # torch's zip writer reports a full disk as "[enforce fail at inline_container.cc]".
+        free = shutil.disk_usage(folder).free
+        full = getattr(error, "errno", None) == errno.ENOSPC or free < FULL_DISK_BYTES
+        cause = (f"the disk is full ({free / 2**20:.0f} MiB free in {folder})" if full
+                 else str(error))
+        raise OSError(getattr(error, "errno", None) or 0,
+                      f"Could not write checkpoint '{path}': {cause}; the previous file "
+                      "there, if any, is intact") from error
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
 
 
-def read_checkpoint(path, allow_unsafe=False):
-    """Loads a checkpoint on the CPU.
+def remove_interrupted_saves(save_dir):
+    """Removes the temporary files that saves killed mid-write left in ``save_dir`` and
+    ``save_dir/models`` (ours only: ``*.ckpt.tmp<pid>``); returns their paths."""
+    removed = []
+    for folder in (save_dir, os.path.join(save_dir, "models")):
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            if TEMPORARY_FILE.fullmatch(name):
+                os.remove(os.path.join(folder, name))
+                removed.append(os.path.join(folder, name))
+    return removed
+
+
+def read_checkpoint(path, allow_unsafe=False, map_location="cpu"):
+    """Loads a checkpoint on the CPU (or where ``map_location``, as torch.load takes it, says).
 
     Our checkpoints hold only tensors and plain Python values, so they load with
     ``weights_only=True`` (no arbitrary code runs while unpickling). Older MMF
     checkpoints may pickle other objects; ``allow_unsafe`` (config
     ``checkpoint.allow_unsafe_load``) loads those with weights_only=False and is
-    only for files you trust."""
+    only for files you trust. A file in neither of torch.save's formats is called no
+    checkpoint, whatever torch.load made of it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file '{path}' does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"Checkpoint '{path}' holds objects that torch.load(weights_only=True) refuses "
-            f"({e}). If you trust the file, set checkpoint.allow_unsafe_load=true"
-        ) from None
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(
-            f"Checkpoint '{path}' cannot be read (corrupt or truncated?): {e}"
-        ) from None
+        return torch.load(path, map_location=map_location, weights_only=not allow_unsafe)
+    except Exception as e:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        # torch.save writes a zip archive; before torch 1.6, a pickle (protocol 2 and up).
+        if head != b"PK\x03\x04" and head[:2] not in (b"\x80\x02", b"\x80\x03",
+                                                      b"\x80\x04", b"\x80\x05"):
+            what = "it is empty" if not head else "it is neither a zip archive nor a pickle"
+            raise ValueError(
+                f"File '{path}' is not a checkpoint (corrupt or truncated?): {what}"
+            ) from None
+        if isinstance(e, pickle.UnpicklingError) and not allow_unsafe:
+            raise ValueError(
+                f"Checkpoint '{path}' holds objects that torch.load(weights_only=True) refuses "
+                f"({e}). If you trust the file, set checkpoint.allow_unsafe_load=true"
+            ) from None
+        if isinstance(e, (pickle.UnpicklingError, RuntimeError, EOFError, OSError)):
+            raise ValueError(
+                f"Checkpoint '{path}' cannot be read (corrupt or truncated?): {e}"
+            ) from None
+        raise
 
 
 def model_state_from_checkpoint(checkpoint, path):

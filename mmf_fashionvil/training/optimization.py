@@ -106,3 +106,38 @@ def optimizer_step(optimizer, parameters, scaler=None, max_grad_norm=None):
         optimizer.step()
     return norm
 
+
+
+def restore_optimization(checkpoint, optimizer, lr_scheduler, scaler):
+    """Loads the optimizer, scheduler and grad-scaler state of ``checkpoint`` but keeps the
+    *settings* the optimizer and scheduler were built with (load_state_dict would bring back
+    the old run's lr, weight decay, betas ...): a resume applies the current config.
+    Returns the names of the settings that differ from the checkpoint's."""
+    configured = [{k: v for k, v in group.items() if k != "params"}
+                  for group in optimizer.param_groups]
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None:
+        lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+    if scaler is not None and checkpoint.get("grad_scaler") is not None:
+        scaler.load_state_dict(checkpoint["grad_scaler"])
+    changed = set()
+    for group, settings in zip(optimizer.param_groups, configured):
+        for key, value in settings.items():
+            if key not in ("lr", "initial_lr") and group.get(key) != value:
+                changed.add(key)
+                group[key] = value
+    if isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+        # The schedule's position comes from the checkpoint, its base lrs from the config.
+        base_lrs = [settings.get("initial_lr", settings["lr"]) for settings in configured]
+        if base_lrs != list(lr_scheduler.base_lrs):
+            changed.add("lr")
+        lr_scheduler.base_lrs = base_lrs
+        factors = [factor(lr_scheduler.last_epoch) for factor in lr_scheduler.lr_lambdas]
+        for group, base_lr, factor in zip(optimizer.param_groups, base_lrs, factors):
+            group["initial_lr"], group["lr"] = base_lr, base_lr * factor
+    elif lr_scheduler is None:
+        for group, settings in zip(optimizer.param_groups, configured):
+            if group["lr"] != settings["lr"]:
+                changed.add("lr")
+            group["lr"] = settings["lr"]
+    return sorted(changed)

@@ -70,8 +70,20 @@ class EvalBatchSampler:
         return iter(self.batches)
 
 
-def build_loader(dataset, dataset_name, split, sampler, num_workers, pin_memory):
-    """A DataLoader over ``sampler``'s batches, collated into MMF SampleLists."""
+def build_loader(dataset, dataset_name, split, global_batch_size, rank, world_size, seed,
+                 num_workers, pin_memory):
+    """A DataLoader of ``split`` collated into MMF SampleLists: resumable shuffled batches
+    (:class:`TrainBatchSampler`) for train, sharded ones (:class:`EvalBatchSampler`) else."""
+    if split == "train":
+        sampler = TrainBatchSampler(len(dataset), global_batch_size, rank, world_size, seed)
+        if sampler.batches_per_epoch == 0:
+            raise ValueError(
+                f"The train split of {dataset_name} has {len(dataset)} samples, fewer than "
+                f"one global batch ({global_batch_size})"
+            )
+    else:
+        sampler = EvalBatchSampler(len(dataset), global_batch_size // world_size, rank,
+                                   world_size)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

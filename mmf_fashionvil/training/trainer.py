@@ -18,7 +18,6 @@ schedules, the step), ``evaluation.py`` (metrics, one evaluation pass),
 """
 import contextlib
 import json
-import math
 import os
 import random
 import sys
@@ -41,6 +40,7 @@ from mmf_fashionvil.training.checkpoints import (
     load_model_weights,
     model_state_from_checkpoint,
     read_checkpoint,
+    remove_interrupted_saves,
     save_atomic,
     save_numbered_checkpoint,
 )
@@ -49,9 +49,15 @@ from mmf_fashionvil.training.optimization import (
     build_lr_scheduler,
     build_optimizer,
     optimizer_step,
+    restore_optimization,
 )
 from mmf_fashionvil.training.run_log import IntervalStats, format_seconds, peak_memory_mb
-from mmf_fashionvil.training.sampling import EvalBatchSampler, TrainBatchSampler, build_loader
+from mmf_fashionvil.training.safety import (
+    NonFiniteGuard,
+    check_trainer_keys,
+    parameters_are_finite,
+)
+from mmf_fashionvil.training.sampling import build_loader
 
 MMF_DEFAULTS_YAML = os.path.join(CONFIGS_DIR, "mmf_defaults.yaml")
 
@@ -84,7 +90,10 @@ class FashionViLTrainer:
     def __init__(self, config):
         # mmf_run's config is merged onto the defaults already; a config built in Python
         # may be partial, and the defaults file is the one place defaults live.
-        self.config = OmegaConf.merge(OmegaConf.load(MMF_DEFAULTS_YAML), config)
+        defaults = OmegaConf.load(MMF_DEFAULTS_YAML)
+        self.config = OmegaConf.merge(defaults, config)
+        check_trainer_keys(self.config, defaults)
+        self._bar = None  # the progress bar while training, when shown
 
     def _get(self, key):
         return OmegaConf.select(self.config, key, default=None)
@@ -108,6 +117,8 @@ class FashionViLTrainer:
                     "from its model weights only, set checkpoint.resume_pretrained=true"
                 )
         self._setup_seed(checkpoint if load_mode == "full" else None)
+        # Slows every step (~1.6x); rc10 turned it on always, we only on request.
+        torch.autograd.set_detect_anomaly(bool(self._get("training.detect_anomaly")))
         self._setup_amp()
         self._build_datasets()
         self._build_model()
@@ -155,6 +166,10 @@ class FashionViLTrainer:
         self.save_dir = os.path.abspath(os.path.expanduser(save_dir))
         if distributed.is_main_process():
             os.makedirs(self.save_dir, exist_ok=True)
+            removed = remove_interrupted_saves(self.save_dir)
+            if removed:
+                self._log(f"Removed {len(removed)} temporary file(s) of interrupted checkpoint "
+                          f"saves: {', '.join(removed)}")
         self.log_interval = int(self._get("training.log_interval"))
         self.checkpoint_interval = int(self._get("training.checkpoint_interval"))
         self.evaluation_interval = int(self._get("training.evaluation_interval"))
@@ -167,7 +182,6 @@ class FashionViLTrainer:
         self.show_progress = distributed.is_main_process() and (
             progress == "true" or (progress == "auto" and sys.stdout.isatty())
         )
-        self._bar = None
 
     def _checkpoint_to_load(self):
         """(path, mode): mode "full" restores the whole training state, "model"
@@ -256,24 +270,13 @@ class FashionViLTrainer:
 
         self.loaders = {}
         for split, dataset in self.datasets.items():
-            if split == "train":
-                sampler = TrainBatchSampler(
-                    len(dataset), batch_size, self.rank, self.world_size, self.seed
-                )
-                if sampler.batches_per_epoch == 0:
-                    raise ValueError(
-                        f"The train split of {name} has {len(dataset)} samples, fewer than "
-                        f"one global batch ({batch_size})"
-                    )
-                self.train_sampler = sampler
-            else:
-                sampler = EvalBatchSampler(
-                    len(dataset), eval_batch_size // self.world_size, self.rank, self.world_size
-                )
             self.loaders[split] = build_loader(
-                dataset, name, split, sampler, int(self._get("training.num_workers")),
+                dataset, name, split, batch_size if split == "train" else eval_batch_size,
+                self.rank, self.world_size, self.seed, int(self._get("training.num_workers")),
                 bool(self._get("training.pin_memory")) and self.device.type == "cuda",
             )
+        if self.training:
+            self.train_sampler = self.loaders["train"].batch_sampler
 
         if self.training:
             # Whichever of max_updates / max_epochs comes first (either may be null).
@@ -350,12 +353,25 @@ class FashionViLTrainer:
         self._pending_rng = None
 
     def _restore(self, checkpoint, path):
+        """Continues the checkpoint's run: weights, optimizer state (moments, step counts),
+        schedule position, counters, data position and RNG states. The optimizer and
+        scheduler *settings* are this config's, so a changed lr, weight decay or schedule
+        applies from the next update (logged). ``checkpoint.reset.optimizer`` starts the
+        optimizer and schedule afresh, ``reset.counts`` the counters, data order and RNG
+        (update 0), ``reset.all`` both."""
         load_model_weights(self.model, checkpoint["model"], path, require_all=True)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if self.lr_scheduler is not None and checkpoint.get("lr_scheduler") is not None:
-            self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        if self.scaler is not None and checkpoint.get("grad_scaler") is not None:
-            self.scaler.load_state_dict(checkpoint["grad_scaler"])
+        reset_all = bool(self._get("checkpoint.reset.all"))
+        if not (reset_all or self._get("checkpoint.reset.optimizer")):
+            changed = restore_optimization(checkpoint, self.optimizer, self.lr_scheduler,
+                                           self.scaler)
+            if changed:
+                self._log(f"Optimizer settings changed since the checkpoint "
+                          f"({', '.join(changed)}): the configured values apply from the next "
+                          "update")
+        if reset_all or self._get("checkpoint.reset.counts"):
+            self._log(f"Weights from {path}; counters, data order and RNG start afresh "
+                      "(checkpoint.reset)")
+            return
         self.num_updates = int(checkpoint["update"])
         self.epoch = int(checkpoint["epoch"])
         self.batches_in_epoch = int(checkpoint["batches_in_epoch"])
@@ -420,6 +436,7 @@ class FashionViLTrainer:
         self.model.train()
         self._train_iterator = None
         self._interval = IntervalStats(self.num_updates + 1)
+        self._guard = NonFiniteGuard(self.device)
         last_saved = last_evaluated = None
         stop = False
         self._log(f"Training from update {self.num_updates} to {self.max_updates} "
@@ -434,14 +451,15 @@ class FashionViLTrainer:
             update = self.num_updates
             if update % self.log_interval == 0 or update == self.max_updates:
                 self._log_interval()
-            if "val" in self.datasets and (
-                update % self.evaluation_interval == 0 or update == self.max_updates
-            ):
-                stop = self._validate()
-                last_evaluated = update
-            if update % self.checkpoint_interval == 0 or update == self.max_updates or stop:
+            evaluate = "val" in self.datasets and (
+                update % self.evaluation_interval == 0 or update == self.max_updates)
+            # The update's weights are on disk before anything can go wrong evaluating them.
+            if evaluate or update % self.checkpoint_interval == 0 or update == self.max_updates:
                 self._save_checkpoints()
                 last_saved = update
+            if evaluate:
+                stop = self._validate()
+                last_evaluated = update
         if self._interval.updates:
             self._log_interval()
         if last_saved != self.num_updates:
@@ -539,16 +557,13 @@ class FashionViLTrainer:
             self.lr_scheduler.step()
         self.num_updates += 1
         self._interval.record(update_loss, components, diagnostics, task, lr, norm)
+        self._guard.record(self.num_updates, update_loss, task)
 
     # -- logging an interval ----------------------------------------------------
     def _log_interval(self):
+        self._check_losses_finite("logging")
         interval = self._interval.merge()
         loss = interval["loss"]
-        if not math.isfinite(loss) and self._get("training.exit_on_nan"):
-            raise FloatingPointError(
-                f"Training loss is {loss} in updates {self._interval.first_update}-"
-                f"{self.num_updates}"
-            )
         # Time and samples of this rank's updates (every rank runs the same number).
         elapsed = max(self._interval.time, 1e-9)
         samples = self._interval.updates * self.update_frequency * self.global_batch_size
@@ -588,8 +603,15 @@ class FashionViLTrainer:
 
     # -- evaluation --------------------------------------------------------------
     def _validate(self):
-        """Evaluates on val; tracks the best model; returns whether to stop early."""
-        report = self.evaluate("val")
+        """Evaluates on val (the update's checkpoint is saved already); tracks the best
+        model; returns whether to stop early."""
+        try:
+            report = self.evaluate("val")
+        except Exception:
+            self._log(f"Evaluation at update {self.num_updates} failed; the weights of update "
+                      f"{self.num_updates} are saved in {self.save_dir}/current.ckpt "
+                      "(continue with checkpoint.resume=true)")
+            raise
         criterion = self._get("training.best_metric")
         if criterion is not None:
             minimize = bool(self._get("training.best_metric_minimize"))
@@ -610,8 +632,14 @@ class FashionViLTrainer:
         )
         if improved:
             self.best = {"key": key, "value": value, "update": self.num_updates}
-            self._save(os.path.join(self.save_dir, "best.ckpt"), self._checkpoint_state())
-            self._log(f"New best {key} = {value:.4f} at update {self.num_updates}: saved best.ckpt")
+            state = self._checkpoint_state()
+            if state is not None:
+                self._save(os.path.join(self.save_dir, "best.ckpt"), state)
+                # The update's checkpoint was written before this evaluation: rewrite it so
+                # that a resumed run knows this best value.
+                self._save_checkpoints(state)
+                self._log(f"New best {key} = {value:.4f} at update {self.num_updates}: "
+                          "saved best.ckpt")
         patience = int(self._get("training.early_stop.patience"))
         if self._get("training.early_stop.enabled") and (
             self.num_updates - self.best["update"] >= patience
@@ -652,9 +680,33 @@ class FashionViLTrainer:
         return report
 
     # -- checkpoints ----------------------------------------------------------------
+    def _check_losses_finite(self, before):
+        """Stops (``training.exit_on_nan``) or warns when a loss since the last check was not
+        finite, naming the update and its task (a collective)."""
+        found = self._guard.first_nonfinite_update()
+        if found is None:
+            return True
+        update, task = found
+        message = (f"The training loss became non-finite at update {update}"
+                   f"{f' (task {task})' if task else ''}")
+        if self._get("training.exit_on_nan"):
+            raise FloatingPointError(
+                f"{message}: stopped before {before}; checkpoints in {self.save_dir} are "
+                "from before it (training.exit_on_nan=false would go on)")
+        self._log(f"{message}; going on (training.exit_on_nan=false)")
+        return False
+
     def _checkpoint_state(self):
-        """The full training state; a collective (every rank's RNG state), so it
-        is built on every rank and only rank 0 writes it."""
+        """The full training state, or None when it must not be saved: non-finite weights
+        never overwrite a checkpoint. A collective (every rank's RNG state, the finiteness
+        checks), so it is built on every rank and only rank 0 writes it."""
+        self._check_losses_finite("saving a checkpoint")
+        if not parameters_are_finite(self.unwrapped_model):
+            message = f"Model weights are not finite at update {self.num_updates}"
+            if self._get("training.exit_on_nan"):
+                raise FloatingPointError(f"{message}: stopped without saving them")
+            self._log(f"{message}: checkpoint not saved, the last finite one is kept")
+            return None
         rng_states = distributed.gather_objects(capture_rng_state(self.device))
         try:
             config = OmegaConf.to_container(self.config, resolve=True)
@@ -682,11 +734,11 @@ class FashionViLTrainer:
         if distributed.is_main_process():
             save_atomic(state, path)
 
-    def _save_checkpoints(self):
+    def _save_checkpoints(self, state=None):
         """current.ckpt and models/model_{update}.ckpt (the last
         checkpoint.max_to_keep of them; -1 keeps all, 0 none)."""
-        state = self._checkpoint_state()
-        if distributed.is_main_process():
+        state = state if state is not None else self._checkpoint_state()
+        if state is not None and distributed.is_main_process():
             current = save_numbered_checkpoint(state, self.save_dir, self.num_updates,
                                                int(self._get("checkpoint.max_to_keep")))
             self._log(f"Saved checkpoint at update {self.num_updates} to {current}")

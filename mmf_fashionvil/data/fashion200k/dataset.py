@@ -20,7 +20,7 @@ from collections import defaultdict
 import torch
 from mmf.common.sample import Sample
 
-from mmf_fashionvil.data.base import DataError, FashionDataset, ProductDatabase, load_image
+from mmf_fashionvil.data.base import DataError, FashionDataset
 
 
 def description_words(text):
@@ -51,7 +51,7 @@ def modification_text(source, target):
 class Fashion200kTGIRDataset(FashionDataset):
     def __init__(self, config, dataset_type):
         super().__init__("fashion200k_tgir", config, dataset_type)
-        database = ProductDatabase(self.root, config.annotations[dataset_type])
+        database = self.read_products(config.annotations[dataset_type])
         # Flat image list; images of one description share a description id.
         self.image_paths, self.image_description = [], []
         description_ids, self.descriptions = {}, []
@@ -86,7 +86,7 @@ class Fashion200kTGIRDataset(FashionDataset):
         return len(self.queries) + self.num_gallery
 
     def _image(self, index):
-        return self.image_processor(load_image(self.image_paths[index]))
+        return self.image_processor(self.read_image(self.image_paths[index]))
 
     def build_sample(self, index):
         sample = Sample()

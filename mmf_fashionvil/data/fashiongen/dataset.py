@@ -19,9 +19,7 @@ rest and test stays the official file, so the reported split is never used for s
 import torch
 from mmf.common.sample import Sample
 
-from mmf_fashionvil.data.base import (
-    DataError, FashionDataset, ProductDatabase, dev_split_indices, load_image,
-)
+from mmf_fashionvil.data.base import DataError, FashionDataset, dev_split_indices
 
 LABEL_KEYS = {"category": "category_id", "subcategory": "subcategory_id"}
 # ProductDatabase's value for a product without the id key.
@@ -42,8 +40,8 @@ class FashionGenDataset(FashionDataset):
         """The split's products: its annotation file, or with a dev split (train / val) the
         train file's products outside / inside the held-out set."""
         if not self.dev_fraction or dataset_type == "test":
-            return ProductDatabase(self.root, config.annotations[dataset_type])
-        database = ProductDatabase(self.root, config.annotations.train)
+            return self.read_products(config.annotations[dataset_type])
+        database = self.read_products(config.annotations.train)
         held_out = dev_split_indices(len(database), self.dev_fraction,
                                      int(config.dev_split.get("seed", 0)), database.path)
         if dataset_type == "val":
@@ -61,8 +59,8 @@ class FashionGenDataset(FashionDataset):
             )
         key = LABEL_KEYS[self.label]
         whole_train_file = self.is_train and not self.dev_fraction
-        train = self.database if whole_train_file else ProductDatabase(
-            self.root, config.annotations.train)
+        train = self.database if whole_train_file else self.read_products(
+            config.annotations.train)
         class_ids = sorted({self._class_id(train, product, key) for product in train.products})
         expected = config.get("num_classes")
         if expected is None or int(expected) != len(class_ids):
@@ -102,7 +100,7 @@ class FashionGenDataset(FashionDataset):
             product_index, image_index = self.database.image_items[index]
             product = self.database.products[product_index]
         sample = Sample()
-        sample.image = self.image_processor(load_image(product["images"][image_index]))
+        sample.image = self.image_processor(self.read_image(product["images"][image_index]))
         self.add_product_fields(sample, product, product_index)
         if self.label is not None:
             sample.targets = torch.tensor(self.labels[product_index], dtype=torch.long)

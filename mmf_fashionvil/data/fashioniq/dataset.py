@@ -19,7 +19,7 @@ import os
 import torch
 from mmf.common.sample import Sample
 
-from mmf_fashionvil.data.base import DataError, FashionDataset, load_image, read_json, require_keys
+from mmf_fashionvil.data.base import DataError, FashionDataset, read_json, require_keys
 from mmf_fashionvil.metrics.query_gallery import FASHIONIQ_CATEGORIES
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -108,18 +108,21 @@ class FashionIQDataset(FashionDataset):
         self.queries, self.gallery = queries, galleries
 
     def _require_images(self, path, position, asins):
+        """The asins of entry ``position`` of ``path`` have image files inside the dataset
+        folder."""
         for asin in asins:
             if asin not in self.image_paths:
                 raise DataError(
                     f"{path}: entry {position}: image {asin} has no file "
                     f"{asin}{{{','.join(IMAGE_EXTENSIONS)}}} in the image folder"
                 )
+            self.image_root.path(self.image_paths[asin], f"{path}: entry {position}: image {asin}")
 
     def __len__(self):
         return len(self.queries) + len(self.gallery)
 
     def _image(self, asin):
-        return self.image_processor(load_image(self.image_paths[asin]))
+        return self.image_processor(self.read_image(self.image_paths[asin]))
 
     def build_sample(self, index):
         sample = Sample()

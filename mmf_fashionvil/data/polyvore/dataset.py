@@ -38,7 +38,7 @@ import torch
 from mmf.common.sample import Sample
 
 from mmf_fashionvil.data.base import (
-    DataError, FashionDataset, load_image, product_text, read_json, require_keys,
+    DataError, FashionDataset, integer_field, product_text, read_json, require_keys,
 )
 
 SPLITS = ("disjoint", "nondisjoint")
@@ -54,14 +54,8 @@ def dense_category_index(metadata, path):
     for item_id, entry in metadata.items():
         if not isinstance(entry, dict):
             raise DataError(f"{path}: item {item_id} is not a JSON object")
-        if entry.get("category_id") is None:
-            continue
-        try:
-            category_ids.add(int(entry["category_id"]))
-        except (TypeError, ValueError):
-            raise DataError(
-                f"{path}: item {item_id} has a non-integer category_id {entry['category_id']!r}"
-            ) from None
+        category_ids.add(integer_field(entry, "category_id", f"{path}: item {item_id}"))
+    category_ids.discard(None)
     if not category_ids:
         raise DataError(f"{path}: no item has a category_id")
     return {category_id: index for index, category_id in enumerate(sorted(category_ids))}
@@ -132,11 +126,12 @@ class PolyvoreOCIRDataset(FashionDataset):
             raise DataError(f"{where}, which is not in {metadata_path}")
         if entry.get("category_id") is None:
             raise DataError(f"{where}, which has no category_id in {metadata_path}")
-        image = os.path.join(self.root, "images", f"{item_id}.jpg")
+        image = self.image_root.path(os.path.join("images", f"{item_id}.jpg"), where)
         if not os.path.isfile(image):
             raise DataError(f"{where}, whose image '{image}' does not exist")
         item = {"id": item_id, "image": image,
-                "category": self.category_index[int(entry["category_id"])]}
+                "category": self.category_index[
+                    integer_field(entry, "category_id", f"{metadata_path}: item {item_id}")]}
         if self.use_text:
             item["text"] = product_text(dict(entry, id=item_id), metadata_path)
         return item
@@ -180,7 +175,7 @@ class PolyvoreOCIRDataset(FashionDataset):
         return sample
 
     def _image(self, item):
-        return self.image_processor(load_image(item["image"]))
+        return self.image_processor(self.read_image(item["image"]))
 
     def _add_texts(self, sample, outfit, item):
         """Tokenised texts of the outfit items (zeros on padding) and of the item."""
