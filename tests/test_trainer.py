@@ -578,3 +578,42 @@ def test_a_single_training_task_needs_no_probability_entry():
     config = OmegaConf.create({"training_tasks": ["itc", "xmr"], "task_probabilities": {"itc": 0.5}})
     with pytest.raises(ValueError, match="no entry for training task"):
         parse_tasks(config)
+
+
+def test_tensorboard_holds_the_logged_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_trainer(make_config(tmp_path, "training.max_updates=4", "training.log_interval=2",
+                            "training.evaluation_interval=2", "training.tensorboard=true",
+                            "model_config.test_toy_model.training_tasks=[a,b]"))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    train = read_jsonl(tmp_path / "train_log.jsonl")
+    evaluations = read_jsonl(tmp_path / "eval_log.jsonl")
+
+    def series(tag):
+        return [(event.step, event.value) for event in events.Scalars(tag)]
+
+    assert series("train/loss") == [(r["update"], pytest.approx(r["loss"])) for r in train]
+    assert series("train/lr") == [(r["update"], pytest.approx(r["lr"])) for r in train]
+    for task in ("a", "b"):
+        logged = [(r["update"], pytest.approx(r["task_losses"][task]))
+                  for r in train if task in r["task_losses"]]
+        assert series(f"train/task_losses/{task}") == logged
+    key = "val/test_toy/test_dataset_stats/mse"
+    assert series(key) == [(r["update"], pytest.approx(r["metrics"][key])) for r in evaluations]
+    assert {"train/samples_per_s", "train/peak_memory_mb"} <= set(events.Tags()["scalars"])
+
+
+def test_no_tensorboard_files_unless_asked(tmp_path):
+    run_trainer(make_config(tmp_path, "training.max_updates=2"))
+    assert not (tmp_path / "tensorboard").exists()
+
+
+def test_progress_bars_for_training_and_evaluation_when_asked(tmp_path, capsys):
+    run_trainer(make_config(tmp_path, "training.max_updates=2", "training.progress_bar=true"))
+    shown = capsys.readouterr().err
+    assert "2/2" in shown and "update" in shown  # the training bar
+    assert "evaluating val" in shown and "batch" in shown
+    run_trainer(make_config(tmp_path / "quiet", "training.max_updates=2"))
+    assert "evaluating val" not in capsys.readouterr().err  # auto: not a terminal

@@ -91,3 +91,39 @@ class IntervalStats:
             "lr": self.lr,
             "time": self.time,
         }
+
+
+class TensorBoardLog:
+    """The scalars of the train_log.jsonl and eval_log.jsonl records, as TensorBoard event
+    files in ``log_dir`` (``training.tensorboard=True``; rank 0 only), step = update."""
+
+    def __init__(self, log_dir):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise ImportError("training.tensorboard=True needs the tensorboard package "
+                              "(pip install tensorboard)") from error
+        self.log_dir = log_dir
+        self.writer = SummaryWriter(log_dir)
+
+    def write_train(self, record):
+        scalars = {f"train/{key}": record[key] for key in
+                   ("loss", "lr", "samples_per_s", "peak_memory_mb", "grad_norm") if key in record}
+        for group in ("losses", "task_losses", "diagnostics"):
+            scalars.update({f"train/{group}/{k}": v for k, v in record.get(group, {}).items()})
+        self._write(scalars, record["update"])
+
+    def write_eval(self, record):
+        # Metric and loss keys already start with "<split>/<dataset>/".
+        scalars = {**record["metrics"], **record["losses"],
+                   **{f"{record['split']}/diagnostics/{k}": v
+                      for k, v in record["diagnostics"].items()}}
+        self._write(scalars, record["update"] or 0)
+
+    def _write(self, scalars, step):
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()  # a crash later keeps what was logged
+
+    def close(self):
+        self.writer.close()

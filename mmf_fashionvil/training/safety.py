@@ -13,7 +13,7 @@ UNSUPPORTED_KEYS = (
     "training.fast_read", "training.clip_norm_mode", "training.lr_scheduler",
     "training.lr_steps", "training.lr_ratio", "training.use_warmup", "training.warmup_factor",
     "training.warmup_iterations", "training.evaluate_metrics", "training.verbose_dump",
-    "training.tensorboard", "checkpoint.resume_zoo", "checkpoint.zoo_config_override",
+    "checkpoint.resume_zoo", "checkpoint.zoo_config_override",
     "checkpoint.save_git_details",
 )
 CHECKED_SECTIONS = ("training", "checkpoint")

@@ -51,7 +51,12 @@ from mmf_fashionvil.training.optimization import (
     optimizer_step,
     restore_optimization,
 )
-from mmf_fashionvil.training.run_log import IntervalStats, format_seconds, peak_memory_mb
+from mmf_fashionvil.training.run_log import (
+    IntervalStats,
+    TensorBoardLog,
+    format_seconds,
+    peak_memory_mb,
+)
 from mmf_fashionvil.training.safety import (
     NonFiniteGuard,
     check_trainer_keys,
@@ -94,6 +99,7 @@ class FashionViLTrainer:
         self.config = OmegaConf.merge(defaults, config)
         check_trainer_keys(self.config, defaults)
         self._bar = None  # the progress bar while training, when shown
+        self._tensorboard = None  # TensorBoardLog, created at the first record
 
     def _get(self, key):
         return OmegaConf.select(self.config, key, default=None)
@@ -414,13 +420,29 @@ class FashionViLTrainer:
         else:
             print(line, flush=True)
 
-    def _append_json(self, file_name, record):
-        if distributed.is_main_process():
-            with open(os.path.join(self.save_dir, file_name), "a") as f:
-                f.write(json.dumps(record) + "\n")
+    def _write_record(self, kind, record):
+        """Appends a "train" or "eval" record to <save_dir>/<kind>_log.jsonl (and to
+        TensorBoard with training.tensorboard), on rank 0."""
+        if not distributed.is_main_process():
+            return
+        with open(os.path.join(self.save_dir, f"{kind}_log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._get("training.tensorboard"):
+            if self._tensorboard is None:
+                log_dir = self._get("env.tensorboard_logdir") or os.path.join(
+                    self.save_dir, "tensorboard")
+                self._tensorboard = TensorBoardLog(str(log_dir))
+            getattr(self._tensorboard, f"write_{kind}")(record)
 
     # -- training ---------------------------------------------------------------
     def train(self):
+        try:
+            self._train_and_evaluate()
+        finally:
+            if self._tensorboard is not None:
+                self._tensorboard.close()
+
+    def _train_and_evaluate(self):
         if not self.training:
             for split in self.final_splits:
                 self.evaluate(split)
@@ -598,7 +620,7 @@ class FashionViLTrainer:
         parts += [f"lr {interval['lr']:.3e}", f"{record['samples_per_s']:.1f} samples/s",
                   f"peak mem {record['peak_memory_mb']:.0f} MB", f"eta {format_seconds(eta)}"]
         self._log(" | ".join(parts))
-        self._append_json("train_log.jsonl", record)
+        self._write_record("train", record)
         self._interval = IntervalStats(self.num_updates + 1)
 
     # -- evaluation --------------------------------------------------------------
@@ -660,6 +682,11 @@ class FashionViLTrainer:
         model.eval()
         started = time.perf_counter()
         batches = (self._prepare(batch, dataset) for batch in self.loaders[split])
+        if self.show_progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, total=len(self.loaders[split]), desc=f"evaluating {split}",
+                           unit="batch", leave=False, dynamic_ncols=True)
         report = evaluate_split(model, batches, self.metrics, f"{split}/{self.dataset_name}",
                                 self._autocast)
         model.train(was_training)
@@ -670,7 +697,7 @@ class FashionViLTrainer:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
         self._log(f"Evaluation on {split} ({total} samples, update {update}, "
                   f"{time.perf_counter() - started:.1f} s): {shown}")
-        self._append_json("eval_log.jsonl", {
+        self._write_record("eval", {
             "split": split, "dataset": self.dataset_name, "update": update,
             "epoch": getattr(self, "epoch", None), "num_samples": total,
             "metrics": report["metrics"], "losses": report["losses"],
