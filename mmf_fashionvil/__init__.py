@@ -13,3 +13,9 @@ import os
 
 __version__ = "0.1.0"
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def load(checkpoint, device=None):
+    """mmf_fashionvil.inference.load: the trained model ready to embed and match (see there)."""
+    from mmf_fashionvil.inference import load as load_checkpoint
+    return load_checkpoint(checkpoint, device)

@@ -1,0 +1,3 @@
+from mmf_fashionvil.tools.visualize.cli import main
+
+main()
