@@ -290,7 +290,7 @@ def test_a_data_dir_without_the_split_names_what_is_missing(tmp_path):
     with pytest.raises(VisualizeError, match=f"{tmp_path}/datasets/FashionGen does not exist"):
         read_split(str(tmp_path), "val")
     (tmp_path / "datasets" / "FashionGen").mkdir(parents=True)
-    with pytest.raises(VisualizeError, match=r"FashionGen/val_info.json does not exist"):
+    with pytest.raises(VisualizeError, match=r"FashionGen/val_info.json' does not exist"):
         read_split(str(tmp_path), "val")
     with pytest.raises(VisualizeError, match=r"--split dev"):
         read_split(str(tmp_path), "dev")

@@ -26,29 +26,32 @@ LABEL_KEYS = {"category": "category_id", "subcategory": "subcategory_id"}
 MISSING_ID = -1
 
 
+def split_products(config, dataset_type, read_products):
+    """The products of a FashionGen split (a ProductDatabase), ``read_products(annotation
+    file)`` reading a file: the split's annotation file or, with ``dev_split.fraction`` > 0
+    (train / val), the train file's products outside / inside the held-out set."""
+    fraction = float((config.get("dev_split") or {}).get("fraction") or 0.0)
+    if not fraction or dataset_type == "test":
+        return read_products(config.annotations[dataset_type])
+    database = read_products(config.annotations.train)
+    held_out = dev_split_indices(len(database), fraction, int(config.dev_split.get("seed", 0)),
+                                 database.path)
+    if dataset_type == "val":
+        database.keep(held_out)
+    else:
+        database.keep(sorted(set(range(len(database))) - set(held_out)))
+    return database
+
+
 class FashionGenDataset(FashionDataset):
     def __init__(self, config, dataset_type):
         super().__init__("fashiongen", config, dataset_type)
         self.dev_fraction = float((config.get("dev_split") or {}).get("fraction") or 0.0)
-        self.database = self._split_products(config, dataset_type)
+        self.database = split_products(config, dataset_type, self.read_products)
         self.label = config.get("label")
         self.class_ids = None  # SCR: the raw ids, in dense-index order
         if self.label is not None:
             self.class_ids, self.labels = self._class_labels(config)
-
-    def _split_products(self, config, dataset_type):
-        """The split's products: its annotation file, or with a dev split (train / val) the
-        train file's products outside / inside the held-out set."""
-        if not self.dev_fraction or dataset_type == "test":
-            return self.read_products(config.annotations[dataset_type])
-        database = self.read_products(config.annotations.train)
-        held_out = dev_split_indices(len(database), self.dev_fraction,
-                                     int(config.dev_split.get("seed", 0)), database.path)
-        if dataset_type == "val":
-            database.keep(held_out)
-        else:
-            database.keep(sorted(set(range(len(database))) - set(held_out)))
-        return database
 
     def _class_labels(self, config):
         """(sorted class ids of the train split, dense label of each product)."""

@@ -89,12 +89,12 @@ def _open_index(args):
 
 
 def command_index(args):
-    if args.images:
-        source, items = folder_items(args.images)
-    else:
-        source, items = fashiongen_items(args.data_dir, args.split)
     checkpoint = os.path.abspath(args.checkpoint)
     api = load_model(checkpoint, args.device)
+    if args.images:
+        source, items = folder_items(args.images)
+    else:  # the split as the checkpoint's run read it (e.g. a dev split as val)
+        source, items = fashiongen_items(args.data_dir, args.split, api.config)
     try:
         summary = build_index(api, source, items, args.out, checkpoint,
                               batch_size=args.batch_size, chunk_size=args.chunk_size)

@@ -74,32 +74,25 @@ def folder_items(folder):
     return {"images": folder}, items
 
 
-def fashiongen_items(data_dir, split):
-    """(source description, items) of a FashionGen-format split: one item per image of every
-    product of ``<data_dir>/datasets/FashionGen/<split>_info.json`` (image paths relative to
-    that folder), id ``<product id>_<image number>``, caption = title + description, category
-    and subcategory names from the catalog's ``categories.json`` when it has one (else the
-    ids)."""
-    from mmf_fashionvil.data.base import DataError, ProductDatabase, read_json
+def fashiongen_items(data_dir, split, config=None):
+    """(source description, items) of a FashionGen-format split as a run with ``config`` read
+    it (tools/catalog.py): one item per image of every product, id ``<product id>_<image
+    number>``, caption = title + description, category and subcategory names from the
+    catalog's ``categories.json`` when it has one (else the ids)."""
+    from mmf_fashionvil.data.base import DataError
+    from mmf_fashionvil.tools.catalog import category_names, fashiongen_split
 
     data_dir = os.path.abspath(data_dir)
-    root = os.path.join(data_dir, "datasets", "FashionGen")
-    if not os.path.isdir(root):
-        raise SearchError(f"--data-dir {data_dir}: no datasets/FashionGen folder in it")
     try:
-        database = ProductDatabase(root, f"{split}_info.json")
-        names = {}
-        if os.path.isfile(os.path.join(root, "categories.json")):
-            names = read_json(os.path.join(root, "categories.json"))
-            names = names if isinstance(names, dict) else {}
+        root, database = fashiongen_split(data_dir, split, config)
+        names = {kind: category_names(root, kind) for kind in ("category", "subcategory")}
     except DataError as e:
         raise SearchError(str(e)) from None
 
     def name(kind, value):
-        table = names.get(kind) or []
         if value is None or value < 0:
             return None
-        return table[value] if value < len(table) else str(value)
+        return names[kind].get(value, str(value))
 
     items = []
     for product in database.products:

@@ -8,22 +8,13 @@ product being correct. Ties count against the query (mmf_fashionvil/metrics/rank
 query's rank is the number of wrong candidates scoring >= its best correct one, so the grids
 list candidates best first with wrong ones before correct ones among equal scores.
 """
-import json
 import os
 import random
 from dataclasses import dataclass, field
 
 import torch
-from omegaconf import OmegaConf
 
 from mmf_fashionvil.tools.visualize import VisualizeError
-
-DATASET_ROOT = "datasets/FashionGen"
-# The annotation file of each split when the run's config does not say (configs/datasets/
-# fashiongen.yaml: the official test split was never released, val serves as test).
-DEFAULT_ANNOTATIONS = {"train": "train_info.json", "val": "val_info.json",
-                       "test": "val_info.json"}
-
 
 # ------------------------------------------------------------------------------ the split
 @dataclass
@@ -46,58 +37,17 @@ class Split:
         return "unknown" if category_id < 0 else f"category {category_id}"
 
 
-def _category_names(root):
-    """{category_id: name} from ``categories.json`` beside the annotation files (the
-    synthetic catalog writes it: {"category": [names in id order], ...}); {} without it."""
-    path = os.path.join(root, "categories.json")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            names = json.load(f).get("category", [])
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as error:
-        raise VisualizeError(f"{path}: expected a JSON object with a 'category' list or "
-                             f"mapping of names ({error})") from None
-    if isinstance(names, dict):
-        return {int(key): str(value) for key, value in names.items()}
-    return {index: str(name) for index, name in enumerate(names)}
-
-
 def read_split(data_dir, split="val", config=None):
     """The FashionGen ``split`` under ``data_dir`` as the run with ``config`` (the checkpoint's
-    config, or None for the defaults) evaluates it: its annotation file, and with
-    ``dataset_config.fashiongen.dev_split.fraction`` > 0 the val split held out of the train
-    file. Errors name the folder or file."""
-    from mmf_fashionvil.data.base import DataError, ProductDatabase, dev_split_indices
+    config, or None for the defaults) evaluates it (tools/catalog.py: its annotation file, or
+    the val split held out of the train file with a dev split). Errors name the folder or
+    file."""
+    from mmf_fashionvil.data.base import DataError
+    from mmf_fashionvil.tools.catalog import category_names, fashiongen_split
 
-    dataset = OmegaConf.select(config, "dataset_config.fashiongen", default=None) \
-        if config is not None else None
-    dataset = OmegaConf.to_container(dataset, resolve=False) if dataset is not None else {}
-    relative_root = dataset.get("dataset_root") or DATASET_ROOT
-    root = os.path.join(str(data_dir), str(relative_root))
-    if not os.path.isdir(root):
-        raise VisualizeError(f"{root} does not exist: --data-dir must hold {relative_root}/ "
-                             "(the env.data_dir of the run)")
-    annotations = {**DEFAULT_ANNOTATIONS, **(dataset.get("annotations") or {})}
-    if split not in annotations:
-        raise VisualizeError(f"--split {split}: the run's FashionGen splits are "
-                             f"{sorted(annotations)}")
-    dev = dataset.get("dev_split") or {}
-    dev_fraction = float(dev.get("fraction") or 0.0)
-    from_train = dev_fraction > 0 and split in ("train", "val")
-    annotation = annotations["train" if from_train else split]
-    path = os.path.join(root, str(annotation))
-    if not os.path.isfile(path):
-        raise VisualizeError(f"{path} does not exist (the {split} split's annotation file)")
     try:
-        database = ProductDatabase(root, str(annotation),
-                                   bool(dataset.get("allow_images_outside_root", False)))
-        if from_train:
-            held_out = dev_split_indices(len(database), dev_fraction,
-                                         int(dev.get("seed", 0)), database.path)
-            keep = held_out if split == "val" else sorted(
-                set(range(len(database))) - set(held_out))
-            database.keep(keep)
+        root, database = fashiongen_split(data_dir, split, config)
+        names = category_names(root)
     except DataError as error:
         raise VisualizeError(str(error)) from None
     products = database.products
@@ -105,8 +55,8 @@ def read_split(data_dir, split="val", config=None):
     item_paths = [products[p]["images"][i] for p, i in database.image_items]
     for item_path in item_paths:
         if not os.path.isfile(item_path):
-            raise VisualizeError(f"{path}: image {item_path} does not exist")
-    return Split(split, path, products, item_product, item_paths, _category_names(root))
+            raise VisualizeError(f"{database.path}: image {item_path} does not exist")
+    return Split(split, database.path, products, item_product, item_paths, names)
 
 
 # ---------------------------------------------------------------------------- the ranking
