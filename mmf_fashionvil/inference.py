@@ -33,7 +33,6 @@ would get 6), with BERT's hidden_act and layer_norm_eps. Only the BertConfig fie
 ``config.json``, so an exported folder never depends on the original BERT folder.
 """
 import contextlib
-import copy
 import hashlib
 import json
 import os
@@ -54,6 +53,7 @@ from mmf_fashionvil.tasks import KNOWN_TASKS, parse_task_names  # noqa: E402
 from mmf_fashionvil.training.checkpoints import (  # noqa: E402
     load_model_weights,
     model_state_from_checkpoint,
+    plain_config,
     read_checkpoint,
 )
 
@@ -89,16 +89,6 @@ def file_fingerprint(path):
 
 def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def plain_config(config):
-    """A plain (resolved where possible) container of a config node."""
-    if OmegaConf.is_config(config):
-        try:
-            return OmegaConf.to_container(config, resolve=True)
-        except Exception:  # an interpolation the saved config cannot resolve any more
-            return OmegaConf.to_container(config, resolve=False)
-    return copy.deepcopy(config)
 
 
 def _state_shape(state, key, dim=0):

@@ -80,6 +80,7 @@ def export(checkpoint, out, overwrite=False):
     from safetensors.torch import save_file
 
     from mmf_fashionvil import inference
+    from mmf_fashionvil.training.checkpoints import plain_config
 
     names = (inference.EXPORT_WEIGHTS, inference.EXPORT_CONFIG, inference.EXPORT_VOCAB)
     assert names == EXPORT_NAMES, (names, EXPORT_NAMES)
@@ -96,9 +97,9 @@ def export(checkpoint, out, overwrite=False):
     # same weights must give the same file (its hash is the fingerprint).
     metadata = {inference.TIED_WEIGHTS_KEY: json.dumps(aliases, sort_keys=True)}
 
-    config = inference.plain_config(loaded.config)
+    config = plain_config(loaded.config)
     # The config the inference model was built from (architecture resolved, no assets).
-    model_config = inference.plain_config(loaded.model.config)
+    model_config = plain_config(loaded.model.config)
     model_config.pop("model", None)
     config["model_config"][inference.MODEL_NAME] = model_config
     dataset = inference.dataset_name(loaded.config, checkpoint)

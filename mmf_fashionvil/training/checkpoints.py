@@ -1,5 +1,6 @@
 """Checkpoint files: atomic writes, safe reads, and loading model weights from our own,
 MMF's or bare state dicts."""
+import copy
 import errno
 import os
 import pickle
@@ -7,6 +8,8 @@ import re
 import shutil
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 # Stored in every checkpoint; the string names the module that first wrote the format.
 CHECKPOINT_FORMAT = "mmf_fashionvil.trainer/1"
@@ -58,6 +61,17 @@ def remove_interrupted_saves(save_dir):
                 os.remove(os.path.join(folder, name))
                 removed.append(os.path.join(folder, name))
     return removed
+
+
+def plain_config(config):
+    """A plain container of a config (node): resolved where its interpolations still resolve
+    (a checkpoint keeps the run's values), else as written."""
+    if not OmegaConf.is_config(config):
+        return copy.deepcopy(config)
+    try:
+        return OmegaConf.to_container(config, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(config, resolve=False)
 
 
 def read_checkpoint(path, allow_unsafe=False, map_location="cpu"):

@@ -28,7 +28,6 @@ import torch
 from mmf.common.registry import registry
 from mmf.utils.build import build_model
 from omegaconf import OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
 
 from mmf_fashionvil import CONFIGS_DIR, distributed
 from mmf_fashionvil.modeling.losses import drop_skipped
@@ -39,6 +38,7 @@ from mmf_fashionvil.training.checkpoints import (
     apply_state_mapping,
     load_model_weights,
     model_state_from_checkpoint,
+    plain_config,
     read_checkpoint,
     remove_interrupted_saves,
     save_atomic,
@@ -735,10 +735,7 @@ class FashionViLTrainer:
             self._log(f"{message}: checkpoint not saved, the last finite one is kept")
             return None
         rng_states = distributed.gather_objects(capture_rng_state(self.device))
-        try:
-            config = OmegaConf.to_container(self.config, resolve=True)
-        except OmegaConfBaseException:
-            config = OmegaConf.to_container(self.config, resolve=False)
+        config = plain_config(self.config)
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.unwrapped_model.state_dict(),
