@@ -566,11 +566,20 @@ def device_from_local_rank(module):
     original = module.main
 
     def main(configuration, init_distributed=False, *args, **kwargs):
-        """rc10's main, with config.device_id = LOCAL_RANK under torchrun."""
+        """rc10's main, with config.device_id = LOCAL_RANK under torchrun, and the process
+        group torn down in step when it returns: rc10 leaves that to interpreter exit,
+        where a rank's gloo threads can outlive its peers' sockets and abort the process
+        ("terminate called without an active exception") after a finished run."""
+        from torch import distributed as dist
+
         local_rank = os.environ.get("LOCAL_RANK")
         if init_distributed and local_rank is not None:
             configuration.get_config().device_id = int(local_rank)
-        return original(configuration, init_distributed, *args, **kwargs)
+        result = original(configuration, init_distributed, *args, **kwargs)
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+        return result
 
     _replace(module, "main", main)
     return True
