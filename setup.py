@@ -43,6 +43,7 @@ setup(
         "omegaconf>=2.1",
         "nltk>=3.8",
         "lmdb>=1.4",
+        "h5py>=3.8",  # prepare fashiongen: the official HDF5 release
         "demjson3",
         "requests",
         "scikit-learn",  # imported by rc10's mmf.modules.metrics

@@ -304,7 +304,7 @@ class FashionViLInference:
         self.image_processor = image_processor
         self.max_image_pixels = max_image_pixels
         self.has_itm = getattr(model, "itm_head", None) is not None
-        self.embedding_dim = model.image_projection.out_features
+        self.embedding_dim = model.embedding_dim
         vocab_rows = model.embeddings.word_embeddings.num_embeddings
         if getattr(text_processor, "vocab_size", 0) > vocab_rows:
             raise ValueError(

@@ -1,5 +1,6 @@
 """Imports every module that registers something into MMF's registry: the ``fashionvil``
-model and image tokenizer, their losses, the metrics, datasets, processors and the trainer.
+model, its OCIR variant ``fashionvil_ocir_csa`` and the image tokenizer, their losses, the
+metrics, datasets, processors and the trainer.
 
 ``mmf_run`` imports it by itself (compat makes rc10's ``setup_imports`` do it). Python code
 that uses the registry without ``mmf_run`` does ``import mmf_fashionvil.registry``.
@@ -15,5 +16,5 @@ from mmf_fashionvil.data.fashiongen import builder as fashiongen_builder  # noqa
 from mmf_fashionvil.data.fashioniq import builder as fashioniq_builder  # noqa: E402,F401
 from mmf_fashionvil.data.polyvore import builder as polyvore_builder  # noqa: E402,F401
 from mmf_fashionvil.data.pretraining import builder as pretraining_builder  # noqa: E402,F401
-from mmf_fashionvil.modeling import image_tokenizer, losses, model  # noqa: E402,F401
+from mmf_fashionvil.modeling import image_tokenizer, losses, model, ocir_csa  # noqa: E402,F401
 from mmf_fashionvil.training import trainer  # noqa: E402,F401

@@ -17,7 +17,7 @@ import torch
 from mmf_fashionvil.distributed import get_rank
 
 # Distinct stream ids so that seeds derived for different purposes never coincide.
-SAMPLER_STREAM, LOADER_STREAM, TASK_STREAM = 1, 2, 3
+SAMPLER_STREAM, LOADER_STREAM, TASK_STREAM, MODEL_STREAM = 1, 2, 3, 4
 
 
 def derived_seed(*values):
@@ -26,12 +26,15 @@ def derived_seed(*values):
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def batch_generator():
-    """CPU generator for one batch's random choices in the model: seeded from torch's global
-    RNG (seeded and checkpointed per rank by the trainer, so resume is exact) XOR the rank,
-    so that ranks draw differently even when their global RNGs agree."""
-    seed = int(torch.randint(2**31, (1,)))
-    return torch.Generator().manual_seed(seed ^ get_rank())
+def batch_generator(device="cpu", seed=None):
+    """Generator on ``device`` for one batch's random choices in the model, seeded with
+    ``seed`` XOR the rank (so ranks draw differently). The trainer passes the batch's
+    ``random_seed`` (:func:`derived_seed` of (seed, update, micro-batch, MODEL_STREAM)): a
+    host value, so no step waits for the device, and a resumed run draws the same. Without
+    one (a model called directly) it is drawn from torch's global RNG."""
+    if seed is None:
+        seed = int(torch.randint(2**31, (1,)))
+    return torch.Generator(device=device).manual_seed((int(seed) % 2**62) ^ get_rank())
 
 
 def capture_rng_state(device):

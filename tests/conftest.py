@@ -26,3 +26,20 @@ def make_tokenizer_checkpoint(tmp_path_factory):
         return str(path)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def registry_state_stays_in_its_test():
+    """Dataset builds register state in MMF's process-wide registry: facts for the model
+    (PAC class count, OCIR category count, image normalisation) and rc10's processor cache
+    (``<dataset>_<processor>``, reused by the next build of that dataset whatever its
+    config). ``mmf_run`` builds once per process; tests build many datasets in one, so the
+    registry's state is put back as it was after each test."""
+    import mmf_fashionvil.registry  # noqa: F401  (compat first, then MMF)
+    from mmf.common.registry import registry
+
+    state = registry.mapping["state"]
+    before = dict(state)
+    yield
+    state.clear()
+    state.update(before)

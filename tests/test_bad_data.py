@@ -1,6 +1,6 @@
 """Bad data is named: images of every PIL mode become the right RGB pixels, and oversized
 images, duplicate product ids, non-integer category ids, non-UTF-8 annotation files, bad
-PAC attribute labels and image paths leaving the dataset folder are DataErrors naming the
+PAC attribute labels and image paths leaving the image folder are DataErrors naming the
 file, the entry and the field."""
 import json
 import os
@@ -124,7 +124,7 @@ def test_an_image_past_the_configured_pixel_limit_is_named(tiny_catalog):
     first = read(os.path.join(tiny_catalog, "datasets/FashionGen/val_info.json"))[0]
     with pytest.raises(DataError, match="max_image_pixels=100 .*it is 64x64") as error:
         val[0]
-    assert os.path.join(tiny_catalog, "datasets/FashionGen", first["images"][0]) in str(error.value)
+    assert os.path.join(tiny_catalog, "datasets/FashionGen/val", first["images"][0]) in str(error.value)
 
 
 def test_a_decompression_bomb_is_named_without_being_decoded(tmp_path):
@@ -214,7 +214,7 @@ def test_an_image_path_leaving_the_dataset_folder_is_named(tmp_path, image):
     (root / "link").symlink_to("/etc")  # resolved, not trusted by its name
     path = write_info(root, [{"id": 3, "images": ["a.png", image]}])
     with pytest.raises(DataError, match=f"product 3: image path '{image}' resolves to "
-                                        ".* outside the dataset folder") as error:
+                                        ".* outside the image folder") as error:
         ProductDatabase(str(root), "train_info.json")
     assert str(path) in str(error.value)
     allowed = ProductDatabase(str(root), "train_info.json", allow_images_outside_root=True)
@@ -256,7 +256,7 @@ def test_polyvore_item_ids_cannot_point_outside_the_dataset_folder(catalog):
     (folder / "ocir_disjoint_train.json").write_text(json.dumps(entries))
     config = catalog_dataset_config(PolyvoreOCIRBuilder, catalog)
     with pytest.raises(DataError, match=f"ocir_disjoint_train.json: entry 0 names item {item}: "
-                                        "image path .* outside the dataset folder"):
+                                        "image path .* outside the image folder"):
         build_dataset(PolyvoreOCIRBuilder, config, "train")
 
 
@@ -268,5 +268,5 @@ def test_fashioniq_image_symlinks_cannot_point_outside_the_dataset_folder(catalo
     shutil.move(image, outside)
     image.symlink_to(outside)
     with pytest.raises(DataError, match=rf"cap\.dress\.val\.json: entry 0: image {candidate}: "
-                                        "image path .* outside the dataset folder"):
+                                        "image path .* outside the image folder"):
         build_dataset(FashionIQBuilder, catalog_dataset_config(FashionIQBuilder, catalog), "val")

@@ -101,8 +101,9 @@ def test_missing_and_corrupt_images_are_named(tiny_catalog, tmp_path):
     catalog = tmp_path / "catalog"
     shutil.copytree(tiny_catalog, catalog)
     info = json.loads((catalog / "datasets/FashionGen/val_info.json").read_text())
-    first, second = (catalog / "datasets/FashionGen" / info[0]["images"][0],
-                     catalog / "datasets/FashionGen" / info[1]["images"][0])
+    # image paths are relative to the val split's image folder (the authors' layout)
+    first, second = (catalog / "datasets/FashionGen/val" / info[0]["images"][0],
+                     catalog / "datasets/FashionGen/val" / info[1]["images"][0])
     first.unlink()
     second.write_bytes(b"garbage")
     val = build_dataset(FashionGenBuilder, catalog_dataset_config(FashionGenBuilder, catalog),

@@ -112,7 +112,7 @@ def test_corrupt_image_is_named(tiny_catalog, tmp_path):
     shutil.copytree(tiny_catalog, catalog)
     info = json.loads((catalog / "datasets/FashionGen/train_info.json").read_text())
     # Training loads one random view per product: break every view of the first product.
-    views = [catalog / "datasets/FashionGen" / path for path in info[0]["images"]]
+    views = [catalog / "datasets/FashionGen/train" / path for path in info[0]["images"]]
     for view in views:
         view.write_bytes(b"not an image")
     code, output = run_command(

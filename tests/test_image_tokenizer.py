@@ -377,8 +377,11 @@ def test_run_configs_align_the_code_grid_with_the_fashionvil_grid(
     assert tokenizer.grid_size == grid_side(fashionvil_image_size)
     assert (tokenizer.codebook_size, config.latent_dim) == (codes, dim)
     assert config.perceptual.enabled is perceptual
-    # Trained on [-1, 1] images (what tokenize expects) at the configured size.
+    # Trained on [-1, 1] images (what tokenize expects) at the configured size; the full
+    # size on the pre-training union, as the authors' tokenizer.
+    (dataset, dataset_config), = run.dataset_config.items()
+    assert dataset == ("fashiongen" if "tiny" in name else "fashion_pretraining")
     for split in ("train", "eval"):
-        params = run.dataset_config.fashiongen.processors[f"{split}_image_processor"].params
+        params = dataset_config.processors[f"{split}_image_processor"].params
         assert list(params.mean) == list(params.std) == [0.5, 0.5, 0.5]
         assert params.crop == config.image_size

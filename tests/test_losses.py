@@ -185,6 +185,16 @@ def test_soft_label_cross_entropy_without_labels_is_a_connected_zero():
     assert value.item() == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
+def test_soft_label_cross_entropy_leaves_out_unlabelled_rows_and_rejects_negative_labels():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [5.0, -3.0, 0.0]])
+    labels = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])  # row 1 has no label
+    expected = 0.5 * (nll([0, 1, 2], 1) + nll([0, 1, 2], 2))  # the mean over row 0 only
+    assert soft_label_cross_entropy(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    # Checked on the device (torch._assert_async), so a RuntimeError.
+    with pytest.raises(RuntimeError, match="must be non-negative"):
+        soft_label_cross_entropy(logits, -labels)
+
+
 def test_pac_loss_averages_image_and_text():
     image_logits = torch.tensor([[0.0, 1.0, 2.0]])
     text_logits = torch.tensor([[3.0, 0.0, 0.0]])

@@ -14,7 +14,8 @@ from mmf_fashionvil.metrics.query_gallery import (
     OutfitComplementaryRetrieval,
     TextGuidedImageRetrieval,
 )
-from mmf_fashionvil.metrics.ranking import positive_ranks, recall_at_k, rerank_top_k
+from mmf_fashionvil.metrics import ranking
+from mmf_fashionvil.metrics.ranking import chunked_ranks, positive_ranks, recall_at_k, rerank_top_k
 from mmf_fashionvil.metrics.retrieval import FullRankingRetrieval, SampledRetrieval
 
 
@@ -78,6 +79,65 @@ def test_positive_ranks_count_ties_against_the_query():
 def test_positive_ranks_reject_queries_without_positive():
     with pytest.raises(ValueError, match="no positive"):
         positive_ranks(torch.zeros(2, 2), torch.tensor([[True, False], [False, False]]))
+
+
+def brute_force_ranks(queries, keys, targets, matches, own_ids=None, key_ids=None):
+    """Per query, by loops: negatives (not own image unless positive) scoring >= the best
+    positive, on scores computed one pair at a time in float64."""
+    ranks = []
+    for i, query in enumerate(queries.double()):
+        scores = [float(query @ key) for key in keys.double()]
+        positive = [int(m) == int(targets[i]) for m in matches]
+        skip = [own_ids is not None and not positive[j] and int(key_ids[j]) == int(own_ids[i])
+                for j in range(len(keys))]
+        best = max(s for s, p in zip(scores, positive) if p)
+        ranks.append(sum(1 for s, p, x in zip(scores, positive, skip)
+                         if not p and not x and s >= best))
+    return ranks
+
+
+def test_chunked_ranks_by_hand():
+    # Query 0 (target 7) = key 1 (its positive) and key 2 (negative, a tie) -> rank 1;
+    # key 0 is its own image with score 3 > 2 -> left out. Query 1 (target 8): its positives
+    # are keys 3 (score 0) and 4 (score 1); keys 0 and 1 score 1 (ties with the best) and
+    # key 2 scores 0 -> rank 2.
+    queries = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    keys = torch.tensor([[2.0, 1.0], [1.0, 1.0], [2.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    ranks = chunked_ranks(queries, keys, torch.tensor([7, 8]), torch.tensor([5, 7, 6, 8, 8]),
+                          torch.tensor([100, 101]), torch.tensor([100, 1, 2, 3, 4]))
+    assert ranks.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("block", [7, 40, 2**25])  # one query per block .. all at once
+def test_chunked_ranks_match_brute_force_in_any_block_size(monkeypatch, block):
+    monkeypatch.setattr(ranking, "SCORE_BLOCK", block)
+    generator = torch.Generator().manual_seed(block)
+    # Small integer embeddings: exact scores with many ties.
+    queries = torch.randint(-2, 3, (23, 4), generator=generator).float()
+    keys = torch.randint(-2, 3, (31, 4), generator=generator).float()
+    matches = torch.randint(0, 9, (31,), generator=generator)
+    targets = matches[torch.randint(0, 31, (23,), generator=generator)]
+    key_ids = torch.randint(0, 12, (31,), generator=generator)
+    own_ids = torch.randint(0, 12, (23,), generator=generator)
+    assert chunked_ranks(queries, keys, targets, matches).tolist() == brute_force_ranks(
+        queries, keys, targets, matches)
+    assert chunked_ranks(queries, keys, targets, matches, own_ids, key_ids).tolist() == (
+        brute_force_ranks(queries, keys, targets, matches, own_ids, key_ids))
+    with pytest.raises(ValueError, match="no positive"):
+        chunked_ranks(queries, keys, targets + 100, matches)
+    with pytest.raises(ValueError, match="NaN"):
+        chunked_ranks(queries.masked_fill(queries > 1, float("nan")), keys, targets, matches)
+
+
+def test_chunked_ranks_run_on_the_evaluation_device(monkeypatch):
+    seen = []
+    monkeypatch.setattr(ranking, "_ranks_by_counting",
+                        lambda *tensors: seen.append({t.device.type for t in tensors
+                                                      if t is not None}))
+    chunked_ranks(torch.ones(2, 3), torch.ones(2, 3), torch.arange(2), torch.arange(2))
+    with ranking.evaluation_device("meta"):  # any device other than the inputs' one
+        chunked_ranks(torch.ones(2, 3), torch.ones(2, 3), torch.arange(2), torch.arange(2))
+    assert seen == [{"cpu"}, {"meta"}]
 
 
 def test_dataset_metric_has_no_per_batch_value_and_names_missing_fields():
@@ -180,25 +240,30 @@ def sample100(tmp_path, name, **params):
 
 def sample100_collected(seed=3):
     catalog = xmr_catalog(seed, num_products=14, num_subcategories=3)
-    # A subcategory with just two products: their queries get a single negative.
+    # A subcategory with just two products: their queries take negatives from other ones.
     catalog["sample"]["subcategory"][catalog["sample"]["id"] >= 12] = 7
     return {**catalog["sample"], **catalog["model"]}
 
 
-def brute_force_sample100(collected, draws):
+def brute_force_sample100(collected, draws, protocol="kaleido"):
+    """R@1/5/10 over the saved draws, explicit loops: ITR ranks the candidates' texts for the
+    query's image, TIR the candidates' images for the query's text; the first candidate is
+    the positive."""
     row_of = {int(s): i for i, s in enumerate(collected["sample_index"])}
     images, texts = collected["image_embedding"], collected["text_embedding"]
+    sides = {"itr": (images, texts), "tir": (texts, images)}
     totals = {}
     for draw in draws:
-        itr, tir = [], []
-        for query, negatives in zip(draw["queries"], draw["negatives"]):
-            q = row_of[query]
-            rows = [q] + [row_of[s] for s in negatives]
-            itr.append(brute_rank(images[q], {r: texts[r] for r in rows}, {q}))
-            tir.append(brute_rank(texts[q], {r: images[r] for r in rows}, {q}))
-        values = {f"kaleido/itr_r@{k}": percent_hits(itr, k) for k in (1, 5, 10)}
-        values.update({f"kaleido/tir_r@{k}": percent_hits(tir, k) for k in (1, 5, 10)})
-        values["kaleido/r_mean"] = sum(values.values()) / 6
+        values = {}
+        for direction, (query_side, candidate_side) in sides.items():
+            ranks = []
+            for query, items in zip(draw[direction]["queries"], draw[direction]["candidates"]):
+                rows = [row_of[s] for s in items]
+                ranks.append(brute_rank(query_side[row_of[query]],
+                                        {r: candidate_side[r] for r in rows}, {rows[0]}))
+            values.update({f"{protocol}/{direction}_r@{k}": percent_hits(ranks, k)
+                           for k in (1, 5, 10)})
+        values[f"{protocol}/r_mean"] = sum(values.values()) / 6
         for key, value in values.items():
             totals[key] = totals.get(key, 0.0) + value / len(draws)
     return totals
@@ -209,26 +274,81 @@ def saved_draw_sets(path):
     return list(json.loads(path.read_text())["draw_sets"].values())
 
 
-def test_sample100_draws_follow_the_protocol_and_match_brute_force(tmp_path):
+def test_sample100_draws_follow_the_authors_protocol_and_match_brute_force(tmp_path):
     collected = sample100_collected()
     result = sample100(tmp_path, "draws.json").compute(collected)
     (draw_set,) = saved_draw_sets(tmp_path / "draws.json")
     assert draw_set["num_items"] == len(collected["sample_index"])
-    saved = {"draws": draw_set["draws"]}
-    assert len(saved["draws"]) == 2
+    draws = draw_set["draws"]
+    assert len(draws) == 2
     row_of = {int(s): i for i, s in enumerate(collected["sample_index"])}
     product = collected["id"].tolist()
     group = collected["subcategory"].tolist()
-    for draw in saved["draws"]:
-        assert len(draw["queries"]) == len(set(draw["queries"])) == 9
-        for query, negatives in zip(draw["queries"], draw["negatives"]):
-            q = row_of[query]
-            others = {product[r] for r in range(len(product))
-                      if group[r] == group[q] and product[r] != product[q]}
-            negative_products = [product[row_of[s]] for s in negatives]
-            assert len(set(negative_products)) == len(negatives) == min(3, len(others))
-            assert set(negative_products) <= others
-    assert result == pytest.approx(brute_force_sample100(collected, saved["draws"]))
+    # A product's text is named by its row with the smallest sample_index.
+    text_item = {}
+    for s in sorted(row_of):
+        text_item.setdefault(product[row_of[s]], s)
+    for draw in draws:
+        # ITR: 9 distinct images; TIR: 9 distinct products' texts.
+        assert len(set(draw["itr"]["queries"])) == len(draw["itr"]["queries"]) == 9
+        tir_products = [product[row_of[s]] for s in draw["tir"]["queries"]]
+        assert len(set(tir_products)) == 9
+        assert set(draw["tir"]["queries"]) <= set(text_item.values())
+        for direction in ("itr", "tir"):
+            for query, items in zip(draw[direction]["queries"], draw[direction]["candidates"]):
+                q, rows = row_of[query], [row_of[s] for s in items]
+                assert product[rows[0]] == product[q]  # the positive comes first
+                negatives = rows[1:]
+                assert len(negatives) == len(set(negatives)) == 3
+                assert all(product[r] != product[q] for r in negatives)
+                if direction == "itr":  # texts: one per product
+                    assert set(items) <= set(text_item.values())
+                same_group = {r for r in range(len(product)) if group[r] == group[q]
+                              and product[r] != product[q]
+                              and (direction == "tir" or r == row_of[text_item[product[r]]])}
+                if len(same_group) >= 3:
+                    assert set(negatives) <= same_group
+                else:  # all of the subcategory, the rest from other subcategories
+                    assert same_group <= set(negatives)
+    assert result == pytest.approx(brute_force_sample100(collected, draws))
+
+
+def test_sample100_by_hand_every_query_against_every_other_product():
+    # One subcategory, three products with one image each; 2 negatives = all the others, so
+    # the draw is fixed. ITR ranks of images i0, i1, i2 against texts t0, t1, t2:
+    #   i0=[1,0]: t0=1 beats t1=t2=0 -> 0; i1=[1,0]: t1=0, t0=1 and t2=0 tie or beat -> 2;
+    #   i2=[0,1]: t2=1 ties t1=1 -> 1. TIR ranks, likewise: t0 -> 1 (i1 ties), t1 -> 2, t2 -> 0.
+    collected = {"image_embedding": torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
+                 "text_embedding": torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]),
+                 "id": torch.tensor([0, 1, 2]), "subcategory": torch.tensor([5, 5, 5]),
+                 "sample_index": torch.tensor([0, 1, 2])}
+    third = 100 / 3
+    for num_queries, protocol in ((None, "kaleido_all_queries"), (1000, "kaleido")):
+        # The authors' 1,000 random queries: all three of each direction here.
+        metric = SampledRetrieval(num_queries=num_queries, num_negatives=2, num_draws=2,
+                                  ks=(1, 2, 3))
+        expected = {f"{protocol}/{d}_r@{k}": v for d in ("itr", "tir")
+                    for k, v in ((1, third), (2, 2 * third), (3, 100.0))}
+        expected[f"{protocol}/r_mean"] = 200 / 3
+        assert metric.compute(collected) == pytest.approx(expected)
+
+
+def test_sample100_tir_negatives_are_any_image_of_another_product():
+    """TIR negatives are drawn among images, not products: with product 1 holding 9 images
+    and product 2 one, product 0's single negative is product 2's image in ~1 draw of 10
+    (1 of 2 if one product were drawn first, then one of its images)."""
+    ids = torch.tensor([0] + [1] * 9 + [2])
+    collected = {"image_embedding": torch.zeros(11, 2), "text_embedding": torch.zeros(11, 2),
+                 "id": ids, "subcategory": torch.zeros(11, dtype=torch.long),
+                 "sample_index": torch.arange(11)}
+    metric = SampledRetrieval(num_queries=None, num_negatives=1, num_draws=400)
+    draws = metric.make_draws(collected["sample_index"], ids, collected["subcategory"])
+    negatives = [candidates[1] for draw in draws
+                 for query, candidates in zip(draw["tir"]["queries"], draw["tir"]["candidates"])
+                 if query == 0]
+    assert len(negatives) == 400
+    share_of_product_2 = sum(1 for s in negatives if s == 10) / len(negatives)
+    assert 0.05 < share_of_product_2 < 0.16
 
 
 def test_sample100_draws_are_seeded_saved_and_reused(tmp_path):
@@ -242,11 +362,17 @@ def test_sample100_draws_are_seeded_saved_and_reused(tmp_path):
 
     # An existing file is what gets ranked: replace its draws by a hand-made one.
     saved = json.loads((tmp_path / "a.json").read_text())
-    query = int(collected["sample_index"][0])
-    same_group = [int(s) for s, p, g in zip(collected["sample_index"], collected["id"],
-                                            collected["subcategory"])
-                  if g == collected["subcategory"][0] and p != collected["id"][0]]
-    hand_made = [{"queries": [query], "negatives": [same_group[:1]]}] * 2
+    order = torch.argsort(collected["sample_index"])
+    items = collected["sample_index"][order].tolist()
+    products = collected["id"][order].tolist()
+    text_of = {}
+    for s, p in zip(items, products):
+        text_of.setdefault(p, s)
+    image, text = items[0], text_of[products[0]]
+    # Another product's text row, also one of its images.
+    other_item = text_of[next(p for p in text_of if p != products[0])]
+    hand_made = [{"itr": {"queries": [image], "candidates": [[text, other_item]]},
+                  "tir": {"queries": [text], "candidates": [[image, other_item]]}}] * 2
     (key,) = saved["draw_sets"]
     saved["draw_sets"][key]["draws"] = hand_made
     (tmp_path / "a.json").write_text(json.dumps(saved))
@@ -263,10 +389,11 @@ def test_sample100_keeps_one_draw_set_per_evaluated_split(tmp_path):
     other = sample100(tmp_path, "draws.json").compute(other_split)
     sets = saved_draw_sets(tmp_path / "draws.json")
     assert sorted(s["num_items"] for s in sets) == [10, len(collected["sample_index"])]
-    row_of_other = {int(s) for s in other_split["sample_index"]}
+    items_of_other = {int(s) for s in other_split["sample_index"]}
     (small,) = [s for s in sets if s["num_items"] == 10]
     for draw in small["draws"]:
-        assert set(draw["queries"]) <= row_of_other
+        for direction in ("itr", "tir"):
+            assert set(draw[direction]["queries"]) <= items_of_other
     assert other == pytest.approx(brute_force_sample100(other_split, small["draws"]))
     # Both sets are reused, in any order of the rows.
     assert sample100(tmp_path, "draws.json").compute(split_and_merge(collected)) == \
@@ -277,14 +404,28 @@ def test_sample100_keeps_one_draw_set_per_evaluated_split(tmp_path):
 def test_sample100_rejects_a_draws_file_made_otherwise(tmp_path):
     collected = sample100_collected()
     sample100(tmp_path, "draws.json").compute(collected)
-    with pytest.raises(ValueError, match="draws.json.*seed"):
+    with pytest.raises(ValueError, match="draws.json was drawn with.*seed"):
         sample100(tmp_path, "draws.json", seed=9).compute(collected)
+    original = (tmp_path / "draws.json").read_text()
     # A set edited to name items the split does not have.
-    saved = json.loads((tmp_path / "draws.json").read_text())
+    saved = json.loads(original)
     (key,) = saved["draw_sets"]
-    saved["draw_sets"][key]["draws"][0]["queries"][0] = 10**6
+    saved["draw_sets"][key]["draws"][0]["itr"]["queries"][0] = 10**6
     (tmp_path / "draws.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="draws.json names items \\[1000000\\].*other data"):
+        sample100(tmp_path, "draws.json").compute(collected)
+    # A positive that is not the query's product.
+    saved = json.loads(original)
+    candidates = saved["draw_sets"][key]["draws"][0]["tir"]["candidates"][0]
+    candidates[0], candidates[1] = candidates[1], candidates[0]
+    (tmp_path / "draws.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="tir query .* not its product's positive"):
+        sample100(tmp_path, "draws.json").compute(collected)
+    # A file of the previous layout (one query list for both directions, no format).
+    saved = json.loads(original)
+    del saved["format"]
+    (tmp_path / "draws.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="'format': None.*'format': 2.*delete the file"):
         sample100(tmp_path, "draws.json").compute(collected)
     (tmp_path / "draws.json").write_text(json.dumps({"draws": []}))
     with pytest.raises(ValueError, match="draws.json is not a draws file written by this"):
@@ -590,7 +731,7 @@ def ocir_data(seed, categories=3, items_per_category=8, queries=12):
     return sample, model
 
 
-def test_ocir_matches_brute_force_weighted_by_category_frequency():
+def test_ocir_matches_brute_force_in_both_conventions():
     sample, model = ocir_data(0)
     ks = (1, 3, 5)
     metric = OutfitComplementaryRetrieval(ks=ks, categories=["top", "bottom", "shoes"])
@@ -599,39 +740,59 @@ def test_ocir_matches_brute_force_weighted_by_category_frequency():
 
     is_query, items = sample["is_query"].tolist(), sample["item_id"].tolist()
     categories, targets = sample["category"].tolist(), sample["target_id"].tolist()
-    ranks = {}
+    blanks = {targets[row] for row in range(len(items)) if is_query[row]}
+    assert len(blanks) < sum(1 for q in is_query if not q)  # the two galleries differ
+    ranks = {"blank_items": {}, "all_items": {}}
     for row in range(len(items)):
         if is_query[row]:
             pool = {items[r]: model["item_embedding"][r] for r in range(len(items))
                     if not is_query[r] and categories[r] == categories[row]}
-            ranks.setdefault(categories[row], []).append(
-                brute_rank(model["outfit_embedding"][row], pool, {targets[row]}))
+            for gallery, candidates in (
+                    ("all_items", pool),
+                    ("blank_items", {i: v for i, v in pool.items() if i in blanks})):
+                ranks[gallery].setdefault(categories[row], []).append(
+                    brute_rank(model["outfit_embedding"][row], candidates, {targets[row]}))
     names = ["top", "bottom", "shoes"]
-    all_ranks = [r for category_ranks in ranks.values() for r in category_ranks]
     for k in ks:
-        for category, category_ranks in ranks.items():
-            assert result[f"target_category/{names[category]}/r@{k}"] == pytest.approx(
-                percent_hits(category_ranks, k))
+        for gallery in ranks:
+            for category, category_ranks in ranks[gallery].items():
+                assert result[f"{gallery}/{names[category]}/r@{k}"] == pytest.approx(
+                    percent_hits(category_ranks, k))
+        # The authors' headline: the plain mean of the per-category recalls.
+        per_category = [percent_hits(r, k) for r in ranks["blank_items"].values()]
+        assert result[f"blank_items/mean/r@{k}"] == pytest.approx(
+            sum(per_category) / len(per_category))
         # Weighting by the number of queries makes it the recall over all queries.
-        assert result[f"target_category/weighted/r@{k}"] == pytest.approx(
-            percent_hits(all_ranks, k))
+        all_ranks = [r for category_ranks in ranks["all_items"].values() for r in category_ranks]
+        assert result[f"all_items/weighted/r@{k}"] == pytest.approx(percent_hits(all_ranks, k))
     assert metric.compute(split_and_merge(collected)) == pytest.approx(result)
 
 
-def test_ocir_weighting_by_hand():
-    # Category 0: three queries, all hits; category 1: one query, a miss -> 75, not 50.
-    sample = {"is_query": torch.tensor([False, False, False, False] + [True] * 4),
-              "item_id": torch.tensor([0, 1, 10, 11, -1, -1, -1, -1]),
-              "target_id": torch.tensor([-1] * 4 + [0, 0, 0, 10]),
-              "category": torch.tensor([0, 0, 1, 1, 0, 0, 0, 1]),
-              "sample_index": torch.arange(8)}
-    items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]] + [[0.0, 0.0]] * 4)
-    outfits = torch.tensor([[0.0, 0.0]] * 4 + [[1.0, 0.0]] * 3 + [[0.0, 1.0]])
+def test_ocir_conventions_by_hand():
+    """Category 0: items 0=[1,0], 1=[0,1], both blanks; three queries, all hits.
+    Category 1: items 10=[1,0] and 12=[-1,0] are blanks, 11=[0,1] only a question item.
+    Query (target 10, outfit [1,2]) scores 10 -> 1, 11 -> 2, 12 -> -1: a hit among the
+    blanks, a miss among all items. Query (target 12, outfit [1,0]): 10 -> 1 beats 12 -> -1,
+    a miss in both. R@1, authors': (100 + 50) / 2 = 75 (the mean over the 5 queries would
+    be 80); all items weighted by queries: (3 * 100 + 2 * 0) / 5 = 60."""
+    item_ids = [0, 1, 10, 11, 12]
+    items = [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]
+    queries = [(0, 0, [1.0, 0.0]), (0, 1, [0.0, 1.0]), (0, 0, [1.0, 0.0]),
+               (1, 10, [1.0, 2.0]), (1, 12, [1.0, 0.0])]  # (category, blank, outfit)
+    sample = {"is_query": torch.tensor([False] * 5 + [True] * 5),
+              "item_id": torch.tensor(item_ids + [-1] * 5),
+              "target_id": torch.tensor([-1] * 5 + [blank for _, blank, _ in queries]),
+              "category": torch.tensor([0, 0, 1, 1, 1] + [c for c, _, _ in queries]),
+              "sample_index": torch.arange(10)}
+    outfits = torch.tensor([[0.0, 0.0]] * 5 + [outfit for _, _, outfit in queries])
     metric = OutfitComplementaryRetrieval(ks=(1,))
-    result = metric.compute(metric.collect(SampleList(sample),
-                                           {"outfit_embedding": outfits, "item_embedding": items}))
-    assert result["target_category/0/r@1"] == 100 and result["target_category/1/r@1"] == 0
-    assert result["target_category/weighted/r@1"] == 75
+    result = metric.compute(metric.collect(SampleList(sample), {
+        "outfit_embedding": outfits, "item_embedding": torch.tensor(items + [[0.0, 0.0]] * 5)}))
+    assert result == pytest.approx({
+        "blank_items/0/r@1": 100.0, "blank_items/1/r@1": 50.0, "blank_items/mean/r@1": 75.0,
+        "blank_items/r_mean": 75.0,
+        "all_items/0/r@1": 100.0, "all_items/1/r@1": 0.0, "all_items/weighted/r@1": 60.0,
+        "all_items/r_mean": 60.0})
 
 
 # ----------------------------------------------------------------------------- SCR
@@ -642,26 +803,32 @@ def classification_collected(predictions, targets, num_classes):
 
 
 def test_accuracy_and_macro_f1_by_hand():
-    # Class 3 is predicted but absent from the targets: no F1 term of its own.
     collected = classification_collected([0, 1, 1, 1, 3], [0, 0, 1, 1, 2], 4)
     assert Accuracy().compute(collected) == {"accuracy": pytest.approx(60.0)}
-    f1_class0, f1_class1, f1_class2 = 2 / 3, 4 / 5, 0.0  # 2TP / (2TP + FP + FN)
-    expected = 100 * (f1_class0 + f1_class1 + f1_class2) / 3
-    assert MacroF1().compute(collected) == {"macro_f1": pytest.approx(expected)}
+    f1_class0, f1_class1, f1_class2, f1_class3 = 2 / 3, 4 / 5, 0.0, 0.0  # 2TP / (2TP + FP + FN)
+    # The authors' (sklearn's) convention: class 3, predicted but never true, counts with 0.
+    # The target-classes mean leaves it out.
+    assert MacroF1().compute(collected) == pytest.approx({
+        "macro_f1": 100 * (f1_class0 + f1_class1 + f1_class2 + f1_class3) / 4,
+        "macro_f1_target_classes": 100 * (f1_class0 + f1_class1 + f1_class2) / 3})
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_macro_f1_matches_sklearn_over_classes_in_targets(seed):
+def test_macro_f1_matches_sklearn_in_both_conventions(seed):
     rng = np.random.default_rng(seed)
     targets = rng.integers(0, 6, 40)
     predictions = np.where(rng.random(40) < 0.6, targets, rng.integers(0, 8, 40))
+    assert set(predictions) - set(targets)  # some classes are only predicted
     collected = classification_collected(predictions.tolist(), targets.tolist(), 8)
-    expected = 100 * f1_score(targets, predictions, labels=np.unique(targets), average="macro",
-                              zero_division=0)
-    assert MacroF1().compute(collected)["macro_f1"] == pytest.approx(expected)
+    expected = {
+        "macro_f1": 100 * f1_score(targets, predictions, average="macro", zero_division=0),
+        "macro_f1_target_classes": 100 * f1_score(
+            targets, predictions, labels=np.unique(targets), average="macro", zero_division=0)}
+    assert expected["macro_f1"] < expected["macro_f1_target_classes"]
+    assert MacroF1().compute(collected) == pytest.approx(expected)
     merged = split_and_merge({**collected, "sample_index": torch.arange(40)})
     del merged["sample_index"]
-    assert MacroF1().compute(merged)["macro_f1"] == pytest.approx(expected)
+    assert MacroF1().compute(merged) == pytest.approx(expected)
 
 
 def test_classification_collect_rejects_bad_shapes():

@@ -120,6 +120,29 @@ def test_image_embedding_does_not_depend_on_the_transformer():
     torch.testing.assert_close(after, expected)
 
 
+def test_embedding_dim_null_has_no_projection_and_embeds_the_pooled_features():
+    model = build_model(tiny_config(embedding_dim=None))
+    names = [name for name, _ in model.named_parameters()]
+    assert not [n for n in names if n.startswith(("image_projection", "text_projection"))]
+    input_ids, input_mask = text_batch()
+    image = images()
+    with torch.no_grad():
+        tokens, image_embedding = model.encode_image(image)
+        hidden, text_embedding = model.encode_text(input_ids, input_mask)
+    scale = model.embedding_norm.scale
+    assert image_embedding.shape == text_embedding.shape == (2, WIDTH)
+    torch.testing.assert_close(image_embedding, scale * F.normalize(tokens.mean(1), dim=-1))
+    real = input_mask[1].bool()  # row 1 is padded: the mean runs over its real tokens
+    torch.testing.assert_close(text_embedding[1],
+                               scale * F.normalize(hidden[1, real].mean(0), dim=-1))
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "256"])
+def test_embedding_dim_must_be_a_positive_integer_or_null(value):
+    with pytest.raises(ValueError, match="embedding_dim"):
+        build_model(tiny_config(embedding_dim=value))
+
+
 def test_embeddings_have_norm_s_and_dot_is_s2_cos():
     model = build_model()
     with torch.no_grad():
@@ -214,8 +237,41 @@ def test_pretrained_bert_weights_equal_the_checkpoint_file():
         assert torch.equal(ours[key], checkpoint[key]), key
     visual_positions = model.embeddings.visual_position_embeddings.weight
     assert torch.equal(visual_positions, checkpoint["embeddings.position_embeddings.weight"][:4])
+    # The authors' visual tokens use type id 0 of a copy of BERT's type table.
     assert torch.equal(model.embeddings.visual_type_embedding,
-                       checkpoint["embeddings.token_type_embeddings.weight"][1])
+                       checkpoint["embeddings.token_type_embeddings.weight"][0])
+
+
+def test_pooler_of_itm_and_scr_starts_as_the_pretrained_berts_pooler():
+    model = build_model(tiny_config(bert={"pretrained": MINILM_DIR}, training_tasks=["itc", "itm"]))
+    checkpoint = load_file(os.path.join(MINILM_DIR, "model.safetensors"))
+    assert torch.equal(model.pooler[0].weight, checkpoint["pooler.dense.weight"])
+    assert torch.equal(model.pooler[0].bias, checkpoint["pooler.dense.bias"])
+
+
+def test_mlm_head_starts_as_the_pretrained_berts_mlm_head(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(3)
+    bert = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, intermediate_size=64))
+    with torch.no_grad():
+        bert.cls.predictions.bias.normal_()
+        bert.cls.predictions.transform.LayerNorm.weight.normal_()
+    bert.save_pretrained(tmp_path)
+    saved = load_file(os.path.join(tmp_path, "model.safetensors"))
+    model = build_model(tiny_config(bert={"pretrained": str(tmp_path)},
+                                    training_tasks=["itc", "mlm"]))
+    predictions = model.mlm_head.predictions
+    for name in ("dense.weight", "dense.bias", "LayerNorm.weight", "LayerNorm.bias"):
+        ours = predictions.transform.state_dict()[name]
+        assert torch.equal(ours, saved[f"cls.predictions.transform.{name}"]), name
+    assert torch.equal(predictions.bias, saved["cls.predictions.bias"])
+    assert predictions.decoder.bias is predictions.bias
+    assert predictions.decoder.weight is model.embeddings.word_embeddings.weight
+    # A checkpoint without an MLM head (a sentence encoder) leaves the head as initialised.
+    plain = build_model(tiny_config(bert={"pretrained": MINILM_DIR}, training_tasks=["itc", "mlm"]))
+    assert torch.equal(plain.mlm_head.predictions.bias, torch.zeros(30522))
 
 
 def test_pretrained_text_encoder_matches_transformers_bert():
@@ -312,17 +368,18 @@ def test_heads_are_built_only_for_trained_tasks(model, tokenizer_checkpoint):
     heads = ("itm_head", "mlm_head", "mpfc_head", "pac_head")
     assert not any(hasattr(model, head) for head in heads)
     full = all_heads_model(tokenizer_checkpoint)
-    assert full.mpfc_head.out_features == 12 and full.pac_head.weight.shape == (9, 16)
+    assert full.mpfc_head[1].out_features == 12 and full.pac_head.weight.shape == (9, 16)
     with pytest.raises(ValueError, match="heads.pac.num_attributes"):
         build_model(tiny_config(training_tasks=["pac"]))
 
 
 def test_itm_head_kept_for_reranking_is_frozen_and_scores_pairs(model):
     reranker = build_model(tiny_config(heads={"itm": {"rerank_top_k": 5}}))
-    assert not any(p.requires_grad for p in reranker.itm_head.parameters())
+    kept = [*reranker.itm_head.parameters(), *reranker.pooler.parameters()]
+    assert not any(p.requires_grad for p in kept)
     grouped = {id(p) for group in reranker.get_optimizer_parameters(OPTIMIZER_CONFIG)
                for p in group["params"]}
-    assert not {id(p) for p in reranker.itm_head.parameters()} & grouped
+    assert not {id(p) for p in kept} & grouped
     # Trained ITM: the head learns as usual.
     assert all(p.requires_grad for p in build_model(tiny_config(training_tasks=["itc", "itm"]))
                .itm_head.parameters())
@@ -332,8 +389,10 @@ def test_itm_head_kept_for_reranking_is_frozen_and_scores_pairs(model):
         visual_tokens, _ = reranker.encode_image(images())
         scores = reranker.itm_match_scores(input_ids, input_mask, visual_tokens)
         cls = reranker.fuse(input_ids, input_mask, visual_tokens)[:, 0]
+        dense = reranker.pooler[0]
+        pooled = torch.tanh(cls @ dense.weight.t() + dense.bias)  # BERT's pooler
         weight, bias = reranker.itm_head.weight, reranker.itm_head.bias
-        expected = cls @ (weight[1] - weight[0]) + (bias[1] - bias[0])
+        expected = pooled @ (weight[1] - weight[0]) + (bias[1] - bias[0])
     torch.testing.assert_close(scores, expected)
     with pytest.raises(ValueError, match="task 'itm' has no head"):
         model.itm_match_scores(input_ids, input_mask, visual_tokens)
@@ -371,7 +430,7 @@ def test_param_groups_partition_parameters_with_lr_and_decay_rules(tokenizer_che
     assert len(groups) == 4
 
     group_of = {id(p): group for group in groups for p in group["params"]}
-    transformer_prefixes = ("embeddings.", "encoder.")
+    transformer_prefixes = ("embeddings.", "encoder.", "pooler.")  # the authors' groups
     for name, parameter in model.named_parameters():
         group = group_of[id(parameter)]
         base = name.startswith(transformer_prefixes)

@@ -128,14 +128,15 @@ def test_output_keys_and_shapes(model, task):
         assert tuple(output[key].shape) == shape, key
 
 
-def test_mlm_output_lists_the_masked_positions(model):
+def test_mlm_output_covers_every_text_position(model):
+    batch = pretraining_batch(task="mlm")
     with torch.no_grad():
-        output = model.forward(pretraining_batch(task="mlm"))
+        output = model.forward(batch)
     assert set(output) == {"mlm_logits", "mlm_labels"}
-    num_masked = output["mlm_labels"].numel()
-    assert num_masked >= len(PRODUCTS)  # masking.py masks at least one word per text
-    assert output["mlm_logits"].shape == (num_masked, VOCAB)
-    assert (output["mlm_labels"] != IGNORE_INDEX).all()
+    assert output["mlm_logits"].shape == (*batch["input_ids"].shape, VOCAB)
+    assert torch.equal(output["mlm_labels"], batch["lm_label_ids"])
+    # masking.py masks at least one word per text
+    assert ((output["mlm_labels"] != IGNORE_INDEX).sum(1) >= 1).all()
 
 
 # Parameters that the task's loss must reach (besides the transformer).
@@ -143,7 +144,7 @@ TRAINED_BY = {
     "itm": ["itm_head.weight", "visual_projection.weight", "image_encoder.conv1.weight"],
     "mlm": ["mlm_head.predictions.transform.dense.weight", "embeddings.word_embeddings.weight",
             "visual_projection.weight"],
-    "mpfc": ["mpfc_head.weight", "visual_projection.weight", "image_encoder.conv1.weight"],
+    "mpfc": ["mpfc_head.1.weight", "visual_projection.weight", "image_encoder.conv1.weight"],
     "mvc": ["image_projection.weight", "embedding_norm.scale", "image_encoder.conv1.weight",
             "embeddings.visual_position_embeddings.weight"],
     "pac": ["pac_head.weight", "pac_head.logit_scale", "text_projection.weight",
@@ -319,10 +320,11 @@ def test_mlm_uses_the_datasets_masks_and_the_tied_head(model):
         output = model.forward_mlm(batch)
         visual_tokens, _ = model.encode_image(batch["image"])
         sequence = model.fuse(batch["masked_input_ids"], batch["input_mask"], visual_tokens)
-        expected = model.mlm_head(sequence[:, :8][labels != IGNORE_INDEX])
+        expected = model.mlm_head(sequence[:, :8])
     masked_rows, masked_columns = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
     assert masked_columns.tolist() == [1, 2, 3, 1, 1, 2, 3, 1, 1, 2, 3, 1]
-    assert torch.equal(output["mlm_labels"], batch["input_ids"][masked_rows, masked_columns])
+    assert torch.equal(output["mlm_labels"][masked_rows, masked_columns],
+                       batch["input_ids"][masked_rows, masked_columns])
     torch.testing.assert_close(output["mlm_logits"], expected)
 
 
@@ -336,12 +338,11 @@ def test_mlm_logits_are_tied_to_the_word_embeddings(tokenizer_checkpoint):
         before = model.forward_mlm(batch)["mlm_logits"]
         visual_tokens, _ = model.encode_image(batch["image"])
         sequence = model.fuse(batch["masked_input_ids"], batch["input_mask"], visual_tokens)
-        masked = batch["lm_label_ids"] != IGNORE_INDEX
-        transformed = model.mlm_head.predictions.transform(sequence[:, :8][masked])
+        transformed = model.mlm_head.predictions.transform(sequence[:, :8])
         model.embeddings.word_embeddings.weight[unused] += delta
         after = model.forward_mlm(batch)["mlm_logits"]
-    torch.testing.assert_close(after[:, unused] - before[:, unused], transformed @ delta)
-    torch.testing.assert_close(after[:, :unused], before[:, :unused])
+    torch.testing.assert_close(after[..., unused] - before[..., unused], transformed @ delta)
+    torch.testing.assert_close(after[..., :unused], before[..., :unused])
 
 
 TEXT_VOCAB = (["[PAD]"] + [f"tok{i}" for i in range(36)] + ["long", "red", "sleeve", "##s"]
@@ -500,7 +501,7 @@ def test_mpfc_configuration_errors(tmp_path, tokenizer_checkpoint):
 
 def test_mpfc_classes_default_to_the_tokenizer_codebook(tokenizer_checkpoint):
     model = build_model(task_config(tokenizer_checkpoint, heads={"mpfc": {"num_codes": None}}))
-    assert model.mpfc_head.out_features == NUM_CODES
+    assert model.mpfc_head[1].out_features == NUM_CODES
 
 
 # ---------------------------------------------------------------------------------- MVC

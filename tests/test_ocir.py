@@ -17,6 +17,7 @@ from mmf_fashionvil.data.polyvore.dataset import NUM_CATEGORIES_KEY
 from mmf_fashionvil.data.processors import FASHION_MEAN, FASHION_STD
 from mmf_fashionvil.modeling.losses import OutfitItemRetrievalLoss
 from mmf_fashionvil.metrics.query_gallery import OutfitComplementaryRetrieval
+from mmf_fashionvil.tools.benchmarks.downstream import ocir_chance
 
 from helpers import (
     MMF_RUN,
@@ -316,8 +317,9 @@ def test_num_categories_must_match_the_dataset():
 
 
 def test_metric_ranks_each_query_within_its_category(model):
-    """The branch's outputs feed fashionvil_ocir: R@1 is 100 exactly when the blank outscores
-    the other candidate of its category (the category-1 item is no competitor)."""
+    """The branch's outputs feed fashionvil_ocir: over all items, R@1 is 100 exactly when the
+    blank outscores the other candidate of its category (the category-1 item is no
+    competitor)."""
     metric = OutfitComplementaryRetrieval(ks=(1,))
     rows = [row((1, 2), (0, 1), category=2), row(item=3, category=2), row(item=4, category=2),
             row(item=9, category=1)]
@@ -331,7 +333,25 @@ def test_metric_ranks_each_query_within_its_category(model):
     output = forward(model, rows)
     values = metric.compute(metric.collect(batch, output))
     scores = output["outfit_embedding"][0] @ output["item_embedding"][1:3].t()
-    assert values["target_category/weighted/r@1"] == (100.0 if scores[0] > scores[1] else 0.0)
+    assert values["all_items/weighted/r@1"] == (100.0 if scores[0] > scores[1] else 0.0)
+    # The authors' gallery holds only blank items: here the one blank, a certain hit.
+    assert values["blank_items/mean/r@1"] == 100.0
+
+
+def test_benchmark_chance_of_both_conventions_by_hand(tmp_path):
+    """Category 1 holds a1, a2, a3 (blanks a1, a2; two queries), category 2 holds b1, b2
+    (blank b1; one query). R@1 by chance: the authors' (1/2 + 1/1) / 2 = 75 %; over all items
+    weighted by queries (2 * 1/3 + 1 * 1/2) / 3 = 38.9 %. R@3: every candidate, 100 %."""
+    root = tmp_path / "datasets" / "PolyvoreOutfits"
+    root.mkdir(parents=True)
+    categories = {"a1": 1, "a2": 1, "a3": 1, "b1": 2, "b2": 2}
+    (root / "polyvore_item_metadata.json").write_text(json.dumps(
+        {item: {"category_id": c} for item, c in categories.items()}))
+    (root / "ocir_disjoint_test.json").write_text(json.dumps([
+        {"question": ["b1"], "blank": "a1"}, {"question": ["b2"], "blank": "a2"},
+        {"question": ["a3"], "blank": "b1"}]))
+    assert ocir_chance(str(tmp_path), "disjoint", ks=(1, 3)) == pytest.approx(
+        [75.0, 100.0, 100 * (2 / 3 + 1 / 2) / 3, 100.0])
 
 
 # ----------------------------------------------------------------------------- mmf_run
@@ -346,7 +366,7 @@ def test_mmf_run_trains_saves_and_test_run_reproduces_validation(tiny_catalog, t
     assert code == 0, output[-4000:]
     assert [r["update"] for r in read_jsonl(save_dir / "train_log.jsonl")] == [2, 4]
     val = read_jsonl(save_dir / "eval_log.jsonl")[-1]["metrics"]
-    key = "val/polyvore_ocir/fashionvil_ocir/target_category/weighted/r@{}"
+    key = "val/polyvore_ocir/fashionvil_ocir/blank_items/mean/r@{}"
     assert 0 <= val[key.format(1)] <= val[key.format(3)] <= val[key.format(5)] <= 100
 
     code, output = run_command([MMF_RUN, f"config={CONFIG}", *SHORT_RUN, "run_type=test",

@@ -6,10 +6,10 @@ import os
 import mmf  # noqa: F401  (compat must patch rc10 before our data modules import it)
 import pytest
 import torch
+import torch.nn.functional as F
 from mmf.common.registry import registry
 from mmf.common.sample import Sample, SampleList
 from PIL import Image
-from torch import nn
 
 import mmf_fashionvil.modeling.losses  # noqa: F401  (registers the fashionvil_* losses)
 from mmf_fashionvil.data.base import DataError
@@ -43,7 +43,7 @@ VAL_ITEM_LABELS = {"category": [2, 2, 0], "subcategory": [1, 1, 2]}
 
 def info_entry(product_id, num_images, category_id, subcategory_id, split):
     return {"id": product_id, "title": f"red dress {product_id}", "description": "nice",
-            "images": [f"{split}/{product_id}_{v}.png" for v in range(num_images)],
+            "images": [f"{product_id}_{v}.png" for v in range(num_images)],
             "category_id": category_id, "subcategory_id": subcategory_id}
 
 
@@ -52,7 +52,7 @@ def write_info(catalog, split, entries):
     (root / split).mkdir(parents=True, exist_ok=True)
     for entry in entries:
         for path in entry["images"]:
-            Image.new("RGB", (64, 64), (200, 30, 30)).save(root / path)
+            Image.new("RGB", (64, 64), (200, 30, 30)).save(root / split / path)
     path = root / f"{split}_info.json"
     path.write_text(json.dumps(entries))
     return path
@@ -226,12 +226,16 @@ def test_scr_scores_are_the_mlp_on_the_fusion_encoders_cls(scr_model):
         # Second route through the public usage modes: FE([w; v]), position 0, the head.
         visual_tokens, _ = scr_model.encode_image(batch["image"])
         cls_output = scr_model.fuse(batch["input_ids"], batch["input_mask"], visual_tokens)[:, 0]
-        expected = scr_model.scr_head(cls_output)
+        # The authors' head, written out: BERT's pooler (dense, tanh), BERT's prediction-head
+        # transform (dense, GELU, LayerNorm), a linear classifier.
+        pooler, (transform, classifier) = scr_model.pooler[0], scr_model.scr_head
+        pooled = torch.tanh(cls_output @ pooler.weight.t() + pooler.bias)
+        hidden = F.gelu(pooled @ transform.dense.weight.t() + transform.dense.bias)
+        hidden = F.layer_norm(hidden, (WIDTH,), transform.LayerNorm.weight,
+                              transform.LayerNorm.bias, eps=transform.LayerNorm.eps)
+        expected = hidden @ classifier.weight.t() + classifier.bias
     assert scores.shape == (2, NUM_CLASSES)
     torch.testing.assert_close(scores, expected)
-    layers = list(scr_model.scr_head)
-    assert [type(m) for m in layers] == [nn.Linear, nn.GELU, nn.LayerNorm, nn.Linear]
-    assert (layers[0].in_features, layers[-1].out_features) == (WIDTH, NUM_CLASSES)
 
 
 def test_scr_scores_depend_on_both_text_and_image(scr_model):
@@ -258,7 +262,8 @@ def test_scr_loss_is_cross_entropy_on_the_targets():
     expected = -(log_probs[0, 4] + log_probs[1, 1]) / 2
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
     loss.backward()
-    assert model.scr_head[0].weight.grad.abs().sum() > 0
+    assert model.scr_head[1].weight.grad.abs().sum() > 0
+    assert model.pooler[0].weight.grad.abs().sum() > 0
     assert model.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
 
 
@@ -285,8 +290,9 @@ def test_mmf_run_scr_trains_and_best_checkpoint_reproduces_validation(tiny_catal
     accuracy_key = "val/fashiongen/fashionvil_accuracy/accuracy"
     assert [r["update"] for r in evaluations] == [2, 4]
     for record in evaluations:
-        assert set(record["metrics"]) == {accuracy_key,
-                                          "val/fashiongen/fashionvil_macro_f1/macro_f1"}
+        assert set(record["metrics"]) == {
+            accuracy_key, "val/fashiongen/fashionvil_macro_f1/macro_f1",
+            "val/fashiongen/fashionvil_macro_f1/macro_f1_target_classes"}
         assert 0 <= record["metrics"][accuracy_key] <= 100
     best = max(evaluations, key=lambda r: r["metrics"][accuracy_key])  # first of ties
     checkpoint = torch.load(save_dir / "best.ckpt", weights_only=False)

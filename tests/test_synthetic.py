@@ -100,15 +100,16 @@ def test_every_image_is_referenced_exists_and_has_the_requested_size(catalog):
     referenced = set()
     for split in ("train", "val"):
         for entry in load(catalog, f"datasets/FashionGen/{split}_info.json"):
-            referenced |= {os.path.join("datasets/FashionGen", p) for p in entry["images"]}
+            # image paths are relative to the split's image folder (the authors' layout)
+            referenced |= {os.path.join("datasets/FashionGen", split, p) for p in entry["images"]}
     for split in ("train", "test"):
         for entry in load(catalog, f"datasets/Fashion200k/{split}_info.json"):
-            referenced |= {os.path.join("datasets/Fashion200k", p) for p in entry["images"]}
+            referenced |= {os.path.join("datasets/Fashion200k/images", p) for p in entry["images"]}
     polyvore = "datasets/PolyvoreOutfits"
     referenced |= {f"{polyvore}/images/{i}.jpg" for i in load(catalog, f"{polyvore}/polyvore_item_metadata.json")}
     for entry in load(catalog, f"{polyvore}/train_info.json"):
         assert len(entry["images"]) == 1
-        assert os.path.join(polyvore, entry["images"][0]) in referenced
+        assert os.path.join(polyvore, "images", entry["images"][0]) in referenced
     for name in ("dress", "shirt", "toptee"):
         for split in ("train", "val"):
             referenced |= {f"datasets/FashionIQ/images/{a}.png"
@@ -131,7 +132,7 @@ def test_fashiongen_and_fashion200k_entries_follow_the_preprocessed_layout(catal
             assert set(entry) == {"id", "images", "title", "description", "attributes_id",
                                   "category_id", "subcategory_id"}
             assert isinstance(entry["id"], int) and all(isinstance(p, str) for p in entry["images"])
-            assert all(p.startswith(split + "/") for p in entry["images"])
+            assert all("/" not in p and p.startswith(f"{entry['id']}_") for p in entry["images"])
             assert isinstance(entry["title"], str) and isinstance(entry["description"], str)
             attributes = decode(catalog, entry["attributes_id"])
             category = names["category"][entry["category_id"]]
@@ -152,7 +153,7 @@ def test_fashiongen_and_fashion200k_entries_follow_the_preprocessed_layout(catal
             assert attributes["category"] in ("dress", "jacket", "pants", "skirt", "top")
             assert len(entry["images"]) >= 2
             for path in entry["images"]:
-                assert path.startswith(f"images/women/{attributes['category']}/{attributes['subcategory']}/")
+                assert path.startswith(f"women/{attributes['category']}/{attributes['subcategory']}/")
 
 
 def test_fashiongen_has_single_and_multi_view_products(catalog):
@@ -162,7 +163,7 @@ def test_fashiongen_has_single_and_multi_view_products(catalog):
     assert sum(v == 1 for v in views) <= len(views) // 4  # single-view products are a minority
     # The views of one product are different photos.
     for entry in load(catalog, "datasets/FashionGen/train_info.json"):
-        photos = [open(os.path.join(catalog, "datasets/FashionGen", p), "rb").read() for p in entry["images"]]
+        photos = [open(os.path.join(catalog, "datasets/FashionGen/train", p), "rb").read() for p in entry["images"]]
         assert len(set(photos)) == len(photos)
 
 
@@ -185,7 +186,7 @@ def test_plain_products_show_their_colour_in_every_view(catalog):
             if attributes["pattern"] != "plain":
                 continue
             for path in entry["images"]:
-                with Image.open(os.path.join(catalog, "datasets/FashionGen", path)) as image:
+                with Image.open(os.path.join(catalog, "datasets/FashionGen", split, path)) as image:
                     pixels, _ = garment_pixels(image)
                 assert nearest_colour(pixels.mean(0)) == attributes["colour"], path
                 checked += 1
@@ -442,3 +443,43 @@ def test_bad_arguments_are_refused_and_the_cli_writes_a_catalog(tmp_path, capsys
     assert "7 FashionGen products" in capsys.readouterr().out
     manifest = load(tmp_path / "c", "catalog.json")
     assert (manifest["seed"], manifest["products"], manifest["image_size"]) == (3, 7, 24)
+
+
+def test_the_raw_format_writes_the_official_releases_files(catalog, tmp_path):
+    """--format raw: FashionGen HDF5 files with the official dataset names, shapes and types,
+    one row per view of the layout's products; Fashion200k label files (path, score,
+    description) over the women/... tree; Polyvore's and FashionIQ's official files."""
+    import h5py
+
+    synthetic.main(["--out", str(tmp_path / "raw"), "--products", str(PRODUCTS), "--image-size",
+                    str(SIZE), "--seed", "5", "--format", "raw"])
+    raw = tmp_path / "raw"
+    assert load(raw, "catalog.json")["format"] == "raw"
+    for split, name in (("train", "train"), ("val", "validation")):
+        entries = load(catalog, f"datasets/FashionGen/{split}_info.json")
+        rows = [(e, view) for e in entries for view in range(len(e["images"]))]
+        with h5py.File(raw / f"fashiongen/fashiongen_256_256_{name}.h5", "r") as f:
+            assert f["input_image"].shape == (len(rows), SIZE, SIZE, 3)
+            assert f["input_image"].dtype == np.uint8
+            for column in ("input_name", "input_description", "input_category",
+                           "input_subcategory", "input_pose"):
+                assert f[column].shape == (len(rows), 1) and f[column].dtype.kind == "S"
+            assert f["input_productID"][:, 0].tolist() == [e["id"] for e, _ in rows]
+            assert [v.decode() for v in f["input_name"][:, 0]] == [e["title"] for e, _ in rows]
+            entry, view = rows[-1]
+            with Image.open(os.path.join(catalog, "datasets/FashionGen", split,
+                                         entry["images"][view])) as image:
+                assert np.array_equal(f["input_image"][-1], np.asarray(image.convert("RGB")))
+    lines = []
+    for category in ("dress", "jacket", "pants", "skirt", "top"):
+        for split in ("train", "test"):
+            text = (raw / f"fashion200k/labels/{category}_{split}_detect_all.txt").read_text()
+            lines += [line.split("\t") for line in text.splitlines()]
+    assert all(len(fields) == 3 and fields[0].startswith("women/") for fields in lines)
+    assert all((raw / "fashion200k" / fields[0]).is_file() for fields in lines)
+    images = sum(len(e["images"]) for split in ("train", "test")
+                 for e in load(catalog, f"datasets/Fashion200k/{split}_info.json"))
+    assert len(lines) == images
+    for path in ("polyvore_outfits/polyvore_item_metadata.json", "polyvore_outfits/disjoint/train.json",
+                 "fashioniq/captions/cap.dress.train.json", "vocab/vocab.txt"):
+        assert (raw / path).is_file(), path

@@ -259,8 +259,8 @@ def fashion200k(tmp_path):
         for index, (title, count) in enumerate(products):
             paths = []
             for view in range(count):
-                paths.append(f"images/{split}/{index}_{view}.jpeg")
-                write_image(str(root / paths[-1]), number)
+                paths.append(f"{split}/{index}_{view}.jpeg")  # in images/
+                write_image(str(root / "images" / paths[-1]), number)
                 number += 1
             entries.append({"id": 1000 * (split == "test") + index, "images": paths,
                             "title": title, "attributes_id": []})

@@ -8,14 +8,19 @@ import time
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from mmf_fashionvil import distributed
 from mmf_fashionvil.tasks import draw_task
 from mmf_fashionvil.training.checkpoints import read_checkpoint, save_atomic
 from mmf_fashionvil.training.evaluation import deduplicate_by_sample_index
-from mmf_fashionvil.training.optimization import optimizer_step, schedule_factor
-from mmf_fashionvil.training.sampling import EvalBatchSampler, TrainBatchSampler
+from mmf_fashionvil.training.optimization import (
+    build_lr_scheduler, build_optimizer, optimizer_step, schedule_factor,
+)
+from mmf_fashionvil.training.sampling import (
+    EvalBatchSampler, TrainBatchSampler, build_loader, loader_workers,
+)
 from mmf_fashionvil.training.trainer import FashionViLTrainer
 from helpers import free_port, read_jsonl
 from toy_training import (
@@ -185,6 +190,24 @@ def test_schedule_factors_match_hand_computed_values():
                                gamma=0.1) == pytest.approx(multistep[update])
 
 
+def test_warmup_start_factor_starts_the_line_there_and_is_checked():
+    # Start factor 0.25, W = 4: 0.25 + 0.75 * (u + 1) / 4 for u < 4, then x0.1 from update 5.
+    expected = [0.4375, 0.625, 0.8125, 1.0, 1.0, 0.1]
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.2)
+    scheduler = build_lr_scheduler(optimizer, {"type": "warmup_multistep", "params": {
+        "num_warmup_steps": 4, "milestones": [5], "warmup_start_factor": 0.25}}, 6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.2 * f for f in expected])
+    with pytest.raises(ValueError, match="warmup_start_factor must be in \\[0, 1\\], got 1.5"):
+        build_lr_scheduler(optimizer, {"type": "warmup_cosine", "params": {
+            "num_warmup_steps": 4, "warmup_start_factor": 1.5}}, 6)
+
+
 @pytest.mark.parametrize("kind,factors", [
     ("warmup_linear", [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]),
     ("warmup_cosine", [0.5, 1.0, 1.0, (1 + math.sqrt(0.5)) / 2, 0.5, (1 - math.sqrt(0.5)) / 2]),
@@ -254,6 +277,76 @@ def test_train_sampler_global_batches_do_not_depend_on_world_size():
     assert list(single) != first_epoch
     single.set_epoch(0, start_batch=1)
     assert len(single) == 1 and list(single) == first_epoch[1:]
+
+
+def test_persistent_loader_workers_read_each_epochs_items(tmp_path):
+    """A worker keeps its copy of the dataset across epochs: the epoch must travel with the
+    indices (EpochItems), or items of epoch 1 would repeat epoch 0's augmentation."""
+    from mmf.common.registry import registry
+    from toy_training import ToyDataset
+    from omegaconf import OmegaConf
+
+    registry.register("seed", 7)
+    config = OmegaConf.create({"sizes": {"train": 8}, "augment": 0.5})
+    dataset = ToyDataset(config, "train")
+    loader = build_loader(dataset, "test_toy", "train", 4, 0, 1, 7, num_workers=1,
+                          pin_memory=False)
+    assert loader.persistent_workers
+    for epoch in (0, 1, 0):
+        loader.batch_sampler.set_epoch(epoch)
+        order = [index for batch in loader.batch_sampler for _, index in batch]
+        inputs = torch.cat([batch.x for batch in loader])
+        reference = ToyDataset(config, "train")  # read in this process, epoch set by hand
+        reference.set_epoch(epoch)
+        assert torch.equal(inputs, torch.stack([reference[i].x for i in order])), epoch
+
+
+def test_loader_workers_auto_is_the_cores_left_after_the_compute_threads(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert loader_workers("auto", cpu) == 6  # 8 cores - 2 intra-op threads
+    assert loader_workers("auto", cuda) == 7  # one core drives the GPU
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert loader_workers("auto", cpu) == 2  # 4 cores per rank - 2 threads
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert loader_workers("auto", cpu) == 0
+    assert loader_workers(3, cpu) == 3
+    with pytest.raises(ValueError, match="training.num_workers"):
+        loader_workers(-1, cpu)
+
+
+def test_optimizers_run_fused_where_torch_has_the_kernel():
+    model = nn.Linear(3, 2)
+    config = OmegaConf.create({"optimizer": {"type": "AdamW", "params": {"lr": 0.1}}})
+    assert build_optimizer(model, config).defaults["fused"] is True
+    config.optimizer.params.fused = False
+    assert build_optimizer(model, config).defaults["fused"] is False
+    config = OmegaConf.create({"optimizer": {"type": "RMSprop", "params": {"lr": 0.1}}})
+    assert "fused" not in build_optimizer(model, config).defaults  # torch has no fused one
+
+
+def test_deterministic_kernels_are_a_switch_of_their_own(tmp_path):
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    try:
+        FashionViLTrainer(make_config(tmp_path / "a")).load()  # seeded (seed 7), default
+        assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (
+            False, True)
+        FashionViLTrainer(make_config(tmp_path / "b", "training.deterministic=true")).load()
+        assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == (
+            True, False)
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+def test_fp16_autocast_on_cpu_is_refused_and_bf16_runs(tmp_path):
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        FashionViLTrainer(make_config(tmp_path / "a", "training.amp.enabled=true",
+                                      "training.amp.dtype=fp16")).load()
+    trainer = run_trainer(make_config(tmp_path / "b", "training.amp.enabled=true"))
+    assert trainer.amp_dtype == torch.bfloat16
+    assert [r["update"] for r in read_jsonl(tmp_path / "b" / "train_log.jsonl")] == [
+        1, 2, 3, 4, 5, 6]
 
 
 def test_eval_sampler_covers_every_sample_once_with_equal_batch_counts():

@@ -15,10 +15,16 @@ import torch
 from omegaconf import OmegaConf
 
 import mmf.utils.checkpoint
-from helpers import MMF_RUN, run_command, short_run_args
+from helpers import MMF_RUN, WIDTH, build_model, run_command, short_run_args, tiny_config
 from mmf.common.registry import registry
 from mmf_fashionvil import compat
-from mmf_fashionvil.training.checkpoints import read_checkpoint
+from mmf_fashionvil.training.checkpoints import (
+    RequiredWeights,
+    load_model_weights,
+    read_checkpoint,
+)
+from mmf_fashionvil.training.trainer import FashionViLTrainer
+from toy_training import FEATURES, make_config
 
 PRETRAIN = "projects/fashionvil/configs/pretraining/itc_tiny.yaml"
 REFUSAL = "holds objects that torch.load(weights_only=True) refuses"
@@ -237,3 +243,66 @@ def test_a_pickle_with_a_disallowed_global_is_refused_with_the_opt_in_named(tmp_
     with pytest.raises(ValueError, match=OPT_IN.replace(".", r"\.")):
         read_checkpoint(path)
     assert not os.path.exists(marker)
+
+
+# ------------------------------------------- resume_pretrained: no silent fresh start
+def authors_named_state(model):
+    """The model's weights under other names (as the authors' unconverted release has them)."""
+    return {f"model.bert.{name}": value.clone() for name, value in model.state_dict().items()}
+
+
+def test_resume_pretrained_refuses_a_checkpoint_with_other_names():
+    model = build_model(tiny_config())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as error:
+        load_model_weights(model, authors_named_state(model), "fashionvil_final.pth",
+                           require_all=False, required=RequiredWeights())
+    message = str(error.value)
+    assert "fashionvil_final.pth" in message and "0.0%" in message
+    assert "image_encoder.conv1.weight (8, 3, 7, 7)" in message  # the first unmatched name
+    assert "python -m mmf_fashionvil.convert" in message
+    assert "checkpoint.pretrained_min_share" in message
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was copied
+
+
+def test_the_core_share_counts_parameter_elements_of_the_backbone_and_transformer():
+    model = build_model(tiny_config())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    del state["encoder.layer.1.intermediate.dense.weight"]  # WIDTH x 64 elements
+    state["visual_projection.weight"] = torch.zeros(3, 3)  # a shape mismatch loads nothing
+    core = [p for name, p in model.named_parameters() if name.split(".")[0] in
+            ("image_encoder", "visual_projection", "embeddings", "encoder")]
+    total = sum(p.numel() for p in core)
+    share = 1 - (WIDTH * 64 + WIDTH * model.image_encoder.out_channels) / total
+    with pytest.raises(ValueError, match=f"fits {100 * share:.1f}% of the parameters") as error:
+        load_model_weights(model, state, "partial.ckpt", False, RequiredWeights())
+    assert "visual_projection.weight (32, 64) (checkpoint: (3, 3))" in str(error.value)
+    load_model_weights(model, state, "partial.ckpt", False, RequiredWeights(min_share=share))
+    # Heads and projections are outside the core: a checkpoint without them loads.
+    core_only = {k: v for k, v in model.state_dict().items()
+                 if not k.startswith(("image_projection", "text_projection", "embedding_norm"))}
+    load_model_weights(model, core_only, "core.ckpt", False, RequiredWeights())
+    with pytest.raises(ValueError, match="pretrained_core=.*names no parameter"):
+        load_model_weights(model, core_only, "core.ckpt", False,
+                           RequiredWeights(prefixes=["nothing"]))
+    with pytest.raises(ValueError, match="pretrained_min_share must be in"):
+        RequiredWeights(min_share=1.5)
+
+
+def test_the_trainer_refuses_a_foreign_pretrained_checkpoint(tmp_path):
+    path = tmp_path / "foreign.pth"
+    torch.save({"model": {"backbone.weight": torch.zeros(8, FEATURES)}}, path)
+    pretrained = [f"checkpoint.resume_file={path}", "checkpoint.resume_pretrained=true"]
+    with pytest.raises(ValueError, match="fits none of the model's parameters"):
+        FashionViLTrainer(make_config(tmp_path / "run", *pretrained)).load()
+    # A model core named in the config: here the toy's body must load in full.
+    torch.save({"model": {"body.0.weight": torch.zeros(8, FEATURES)}}, path)
+    with pytest.raises(ValueError, match=r"of the parameters of \['body'\]"):
+        FashionViLTrainer(make_config(tmp_path / "run2", *pretrained,
+                                      "checkpoint.pretrained_core=[body]")).load()
+    trainer = FashionViLTrainer(make_config(tmp_path / "run3", *pretrained,
+                                            "checkpoint.pretrained_core=[body]",
+                                            "checkpoint.pretrained_min_share=0.5"))
+    trainer.load()
+    assert torch.equal(trainer.unwrapped_model.body[0].weight, torch.zeros(8, FEATURES))

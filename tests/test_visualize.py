@@ -189,7 +189,7 @@ def test_the_tool_draws_the_evaluations_ranking_and_the_logs(trained_run, tmp_pa
     root = os.path.join(catalog, "datasets", "FashionGen")
     products = json.loads(open(os.path.join(root, "val_info.json")).read())
     item_product = [p for p, product in enumerate(products) for _ in product["images"]]
-    paths = [os.path.join(root, image) for product in products for image in product["images"]]
+    paths = [os.path.join(root, "val", image) for product in products for image in product["images"]]
     from mmf_fashionvil.data.captions import entry_text
 
     images = api.encode_images(paths).float().cpu()

@@ -51,14 +51,26 @@ def test_two_evaluations_with_one_seed_rank_the_same_sample100_candidates(
     assert (draws["seed"], draws["num_negatives"], draws["num_draws"]) == (0, 100, 5)
     (draw_set,) = draws["draw_sets"].values()  # val and test are one file for FashionGen
     assert len(draw_set["draws"]) == 5
+    num_products = len(groups)
     for draw in draw_set["draws"]:
-        # 1,000 queries wanted, fewer items: every item is a query.
-        assert draw["queries"] == list(range(len(product_of_item)))
-        for query, negatives in zip(draw["queries"], draw["negatives"]):
-            own = product_of_item[query]
-            # Fewer than 100 candidates: one item of every other product of the subcategory.
-            expected = [p for p, g in enumerate(groups) if g == groups[own] and p != own]
-            assert sorted(product_of_item[n] for n in negatives) == expected
+        # 1,000 queries wanted, fewer items: every image is an ITR query, every product's
+        # text a TIR query.
+        assert draw["itr"]["queries"] == list(range(len(product_of_item)))
+        assert sorted(product_of_item[s] for s in draw["tir"]["queries"]) == \
+            list(range(num_products))
+        for direction in ("itr", "tir"):
+            for query, candidates in zip(draw[direction]["queries"],
+                                         draw[direction]["candidates"]):
+                own = product_of_item[query]
+                products = [product_of_item[c] for c in candidates]
+                assert products[0] == own
+                # 100 negatives wanted, fewer there: ITR takes the text of every other
+                # product, the 3 of the query's subcategory and those of the other one.
+                if direction == "itr":
+                    assert sorted(products[1:]) == [p for p in range(num_products) if p != own]
+                    assert {groups[p] for p in products[1:4]} == {groups[own]}
+                else:  # TIR: every image of every other product
+                    assert len(products) == 1 + sum(1 for p in product_of_item if p != own)
 
     val, test = final_metrics(str(train_dir), "val"), final_metrics(str(test_dir), "test")
     prefix = "val/fashiongen"
@@ -67,8 +79,10 @@ def test_two_evaluations_with_one_seed_rank_the_same_sample100_candidates(
         for direction in ("itr", "tir"):
             for k in (1, 5, 10):
                 assert f"{prefix}/{metric}/{protocol}/{direction}_r@{k}" in val
-    # Positive + 3 negatives: every query is within the top 5.
-    assert val[f"{prefix}/fashionvil_retrieval_sample100/kaleido/itr_r@5"] == 100.0
+    # Every query image ranks every product's text: sample-100's ITR is the full ranking's.
+    for k in (1, 5, 10):
+        assert val[f"{prefix}/fashionvil_retrieval_sample100/kaleido/itr_r@{k}"] == \
+            pytest.approx(val[f"{prefix}/fashionvil_retrieval/general/itr_r@{k}"])
     assert {k.split("/", 1)[1]: v for k, v in test.items()} == pytest.approx(
         {k.split("/", 1)[1]: v for k, v in val.items()}, abs=1e-6)
 

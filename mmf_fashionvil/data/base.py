@@ -2,23 +2,19 @@
 files of the pre-processed layout (SPEC §4.1) with clear errors, loading
 images, and per-item randomness that is reproducible for exact resume.
 """
-import json
 import os
-import warnings
 
-import numpy as np
 import torch
 from mmf.common.registry import registry
 from mmf.datasets.base_dataset import BaseDataset
 from mmf.datasets.base_dataset_builder import BaseDatasetBuilder
-from PIL import Image, UnidentifiedImageError
 
 from mmf_fashionvil.data.captions import entry_text
+from mmf_fashionvil.data.reading import (  # noqa: F401  (the data package's names for them)
+    DEFAULT_MAX_IMAGE_PIXELS, IMAGE_STORES, DataError, LMDBImageStore, load_image, read_json,
+    store_path, to_rgb,
+)
 from mmf_fashionvil.data.processors import IMAGE_NORMALIZATION_KEY, image_normalization
-
-
-class DataError(ValueError):
-    """Malformed or missing dataset input; the message names the file and entry."""
 
 
 def dataset_root(config):
@@ -36,29 +32,6 @@ def dataset_root(config):
             f"dataset_root={config.dataset_root})"
         )
     return root
-
-
-def read_json(path):
-    """The content of a UTF-8 JSON annotation file; a missing, non-UTF-8 or invalid one is
-    an error naming the file (and the first bad byte)."""
-    if not os.path.isfile(path):
-        raise DataError(f"Annotation file '{path}' does not exist")
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        # Decoded here rather than by open(): the error's offset is then the file's byte offset.
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(
-            f"Annotation file '{path}' is not UTF-8: byte 0x{data[e.start]:02x} at byte offset "
-            f"{e.start} (line {line}) cannot be decoded; annotation files must be UTF-8 "
-            "(re-encode it, e.g. `iconv -f latin1 -t utf-8`)"
-        ) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"Annotation file '{path}' is not valid JSON: {e}") from None
 
 
 def require_keys(entry, keys, path, position):
@@ -94,7 +67,7 @@ def integer_field(entry, key, where, default=None):
 
 
 class ImageRoot:
-    """The folder a dataset's image paths must resolve into: annotation files are data, and
+    """The image folder a split's image paths must resolve into: annotation files are data, and
     a path in one (``/abs/path``, ``../../x``, a symlink) must not make the loader read
     whatever it points at, unless the dataset config sets ``allow_images_outside_root``."""
 
@@ -114,7 +87,7 @@ class ImageRoot:
         real = self._realpath(path)
         if real != self.real_folder and not real.startswith(self._inside_prefix):
             raise DataError(
-                f"{where}: image path {relative!r} resolves to '{real}', outside the dataset "
+                f"{where}: image path {relative!r} resolves to '{real}', outside the image "
                 f"folder '{self.real_folder}' (set allow_images_outside_root: true in the "
                 "dataset config to read images outside it)"
             )
@@ -131,59 +104,6 @@ class ImageRoot:
             real_parent = self._real_parents[parent] = self._realpath(parent)
         real = os.path.join(real_parent, name)
         return os.path.realpath(real) if os.path.islink(real) else real
-
-
-# PIL's default Image.MAX_IMAGE_PIXELS: the default of the dataset config key max_image_pixels.
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
-# Modes whose 8-bit conversion PIL does right (palette and CMYK included); the others
-# (alpha, transparency keys, 16/32-bit grey) are converted by to_rgb itself.
-PLAIN_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr")
-ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
-WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
-
-
-def to_rgb(image):
-    """The 8-bit RGB image of ``image``: transparency composited onto white (product shots
-    are often cut-out RGBA PNGs, and PIL's plain conversion turns their background black),
-    16-bit grey scaled to 8 bits by ``value >> 8``."""
-    if image.mode in WIDE_GREY_MODES:
-        # PIL clips 16-bit values to 255 (a white image). The high byte (>> 8) is what 8-bit
-        # viewers show and agrees with round(value / 257) within 1. Mode I is 32-bit: it holds
-        # 16-bit data (PNG, TIFF), so it is clipped to that range first.
-        grey = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
-        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
-    if image.mode in ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")  # a transparency key (P, L, RGB) becomes alpha
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if image.mode in PLAIN_MODES:
-        return image.convert("RGB")
-    raise ValueError(f"image mode {image.mode} has no defined RGB conversion")
-
-
-def load_image(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
-    """The RGB image at ``path`` (see :func:`to_rgb`); one of more than ``max_pixels``
-    pixels, a missing or an unreadable one is an error naming the file."""
-    too_large = (f"Image file '{path}' has more pixels than the limit max_image_pixels="
-                 f"{max_pixels} of the dataset config (a decompression bomb?)")
-    try:
-        with warnings.catch_warnings():
-            # PIL warns on opening an image past its own global limit; ours decides instead.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                rgb = to_rgb(image) if width * height <= max_pixels else None
-    except Image.DecompressionBombError as e:
-        # PIL refuses (while opening) images past twice its global Image.MAX_IMAGE_PIXELS:
-        # that also bounds a larger max_image_pixels.
-        raise DataError(f"{too_large}, or than PIL's own limit: {e}") from None
-    except FileNotFoundError:
-        raise DataError(f"Image file '{path}' does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"Image file '{path}' cannot be read (corrupt?): {e}") from None
-    if rgb is None:
-        raise DataError(f"{too_large}: it is {width}x{height}")
-    return rgb
 
 
 def dev_split_indices(num_products, fraction, seed, path):
@@ -207,19 +127,24 @@ def image_items(products):
 
 class ProductDatabase:
     """Products of an info JSON (FashionGen, Fashion200k, Polyvore pre-training):
-    ``{"id", "images": [paths relative to the dataset root], "title",
-    "description"?, "category_id"?, "subcategory_id"?}``. Images are also
+    ``{"id", "images": [paths relative to the split's image folder], "title",
+    "description"?, "category_id"?, "subcategory_id"?, ...}``. Images are also
     flattened, because evaluation makes every (product, image) pair one item
-    sharing the product's text."""
+    sharing the product's text. Keys beyond these (the authors' ``attributes_id``, ...)
+    stay in the product dicts."""
 
     REQUIRED_KEYS = ("id", "images", "title")
 
-    def __init__(self, root, annotation_file, allow_images_outside_root=False):
+    def __init__(self, root, annotation_file, allow_images_outside_root=False,
+                 image_folder=None):
+        """``root/annotation_file`` with image paths relative to ``image_folder`` (default:
+        ``root``); a path leaving that folder is an error (see :class:`ImageRoot`)."""
         self.path = os.path.join(root, annotation_file)
         entries = read_json(self.path)
         if not isinstance(entries, list) or not entries:
             raise DataError(f"{self.path}: expected a non-empty JSON list of products")
-        image_root = ImageRoot(root, allow_images_outside_root)
+        self.image_folder = root if image_folder is None else image_folder
+        image_root = ImageRoot(self.image_folder, allow_images_outside_root)
         self.products, first_position = [], {}
         for position, entry in enumerate(entries):
             require_keys(entry, self.REQUIRED_KEYS, self.path, position)
@@ -236,15 +161,13 @@ class ProductDatabase:
                 raise DataError(f"{where} has no images")
             if not all(isinstance(p, str) and p for p in images):
                 raise DataError(f"{where}: images must be a list of path strings, got {images!r}")
-            self.products.append(
-                {
-                    "id": entry["id"],
-                    "images": [image_root.path(p, where) for p in images],
-                    "text": product_text(entry, self.path),
-                    "category_id": integer_field(entry, "category_id", where, default=-1),
-                    "subcategory_id": integer_field(entry, "subcategory_id", where, default=-1),
-                }
-            )
+            self.products.append(dict(
+                entry,
+                images=[image_root.path(p, where) for p in images],
+                text=product_text(entry, self.path),
+                category_id=integer_field(entry, "category_id", where, default=-1),
+                subcategory_id=integer_field(entry, "subcategory_id", where, default=-1),
+            ))
         self.image_items = image_items(self.products)
 
     def keep(self, indices):
@@ -269,7 +192,12 @@ class FashionDataset(BaseDataset):
         self.root = dataset_root(config)
         self.max_image_pixels = int(config.get("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS)
         self.allow_images_outside_root = bool(config.get("allow_images_outside_root", False))
-        self.image_root = ImageRoot(self.root, self.allow_images_outside_root)
+        self.image_store = str(config.get("image_store") or "files")
+        if self.image_store not in IMAGE_STORES:
+            raise DataError(f"dataset_config.{dataset_name}.image_store={self.image_store!r}: "
+                            f"expected one of {IMAGE_STORES}")
+        # lmdb: (folder + separator, its store) of every image folder read, longest first.
+        self.stores = []
         self.seed = int(registry.get("seed", no_warning=True) or 0)
         self.epoch = 0
 
@@ -277,15 +205,60 @@ class FashionDataset(BaseDataset):
     def has_split(config, dataset_type):
         return bool(config.get("annotations", {}).get(dataset_type))
 
-    def read_products(self, annotation_file, folder=None):
+    def image_folder(self, config, split, folder=None):
+        """The image folder of ``split`` (``config.images[split]``, relative to ``folder``,
+        default: the dataset's), with its store registered when image_store is lmdb."""
+        images = config.get("images") or {}
+        if not images.get(split):
+            raise DataError(f"{self.dataset_name}: the dataset config has no image folder for "
+                            f"split '{split}' (images.{split}; the authors' layout: "
+                            "images: {train: <folder>, val: ..., test: ...})")
+        path = os.path.normpath(os.path.join(self.root if folder is None else folder,
+                                             str(images[split])))
+        prefix = os.path.join(path, "")
+        if self.image_store == "lmdb" and all(p != prefix for p, _ in self.stores):
+            self.stores.append((prefix, LMDBImageStore(store_path(path))))
+            self.stores.sort(key=lambda pair: -len(pair[0]))
+        return path
+
+    def image_root(self, folder):
+        """The path checker of image folder ``folder`` (see :class:`ImageRoot`)."""
+        return ImageRoot(folder, self.allow_images_outside_root)
+
+    def read_products(self, annotation_file, image_folder, folder=None):
         """The products of ``folder/annotation_file`` (default folder: the dataset's), whose
-        image paths must stay inside that folder."""
+        image paths are relative to, and must stay inside, ``image_folder``."""
         folder = self.root if folder is None else folder
-        return ProductDatabase(folder, annotation_file, self.allow_images_outside_root)
+        return ProductDatabase(folder, annotation_file, self.allow_images_outside_root,
+                               image_folder)
+
+    def _store_of(self, path):
+        for prefix, store in self.stores:
+            if path.startswith(prefix):
+                return store, path[len(prefix):]
+        raise DataError(f"Image '{path}' is in none of the image stores of "
+                        f"{self.dataset_name} ({[s.path for _, s in self.stores]}): with "
+                        "image_store: lmdb, images must lie inside their split's image folder")
 
     def read_image(self, path):
-        """The RGB image at ``path``, within the dataset's max_image_pixels."""
-        return load_image(path, self.max_image_pixels)
+        """The RGB image at ``path`` (from its folder's store with image_store: lmdb),
+        within the dataset's max_image_pixels."""
+        if self.image_store == "files":
+            return load_image(path, self.max_image_pixels)
+        store, key = self._store_of(path)
+        return store.read(key, self.max_image_pixels)
+
+    def image_exists(self, path):
+        if self.image_store == "files":
+            return os.path.isfile(path)
+        store, key = self._store_of(path)
+        return key in store
+
+    def stored_image_names(self, folder):
+        """The keys of image folder ``folder``'s store (lmdb); None with image_store: files."""
+        if self.image_store == "files":
+            return None
+        return self._store_of(os.path.join(folder, ""))[0].keys()
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)

@@ -6,6 +6,7 @@ Datasets build them from their config (``processors:`` section) through rc10's
 import torch
 from mmf.common.registry import registry
 from mmf.datasets.processors.processors import BaseProcessor
+from omegaconf import ListConfig
 from torchvision.transforms import v2 as T
 
 from mmf_fashionvil.assets import resolve_vocab_file
@@ -100,6 +101,9 @@ class ImageTransform(BaseProcessor):
     ``train``: resize -> random crop -> horizontal flip (FashionGen recipe) or,
     with ``random_resized_crop: true``, random-resized crop (scale 0.8-1) + flip
     (FashionIQ/Polyvore recipe). ``eval``: resize -> centre crop.
+    ``resize``: an int scales the shorter side to it (aspect ratio kept); [height, width]
+    scales to exactly that size (aspect ratio not kept: the authors' FashionIQ evaluation
+    uses [224, 224], so the crop of the same size cuts nothing off tall garments).
     Randomness comes from torch's global RNG, which datasets seed per item.
     """
 
@@ -107,7 +111,12 @@ class ImageTransform(BaseProcessor):
         mode = config.get("mode", "eval")
         if mode not in ("train", "eval"):
             raise ValueError(f"fashionvil_image_transform mode must be train|eval, got {mode}")
-        size, crop = int(config.get("resize", 256)), int(config.get("crop", 224))
+        size, crop = config.get("resize", 256), int(config.get("crop", 224))
+        if not isinstance(size, int):
+            size = tuple(size) if isinstance(size, (list, tuple, ListConfig)) else ()
+            if len(size) != 2 or not all(isinstance(side, int) for side in size):
+                raise ValueError(f"fashionvil_image_transform resize must be an int or "
+                                 f"[height, width], got {config.get('resize')}")
         mean = tuple(config.get("mean", FASHION_MEAN))
         std = tuple(config.get("std", FASHION_STD))
         if mode == "train" and config.get("random_resized_crop", False):

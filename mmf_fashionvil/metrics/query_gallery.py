@@ -167,11 +167,20 @@ class Fashion200kTextGuidedImageRetrieval(TextGuidedImageRetrieval):
 
 @registry.register_metric("fashionvil_ocir")
 class OutfitComplementaryRetrieval(_QueryGalleryMetric):
-    """Outfit complementary item retrieval (CSA-Net protocol): each outfit query ranks only
-    the candidate items of its blank's category; R@K per category, then the mean over
-    categories weighted by their number of queries. Keys:
-    ``target_category/{category}/r@K``, ``target_category/weighted/r@K``,
-    ``target_category/r_mean``; ``categories`` optionally names the category indices."""
+    """Outfit complementary item retrieval: each outfit query ranks the candidate items of
+    its blank's category, R@K per category, in two conventions (keys named apart):
+
+    - ``blank_items/...`` (the authors' ``r@k_ocir``, the headline): the gallery is the set
+      of distinct blank items of the split's entries, and ``blank_items/mean/r@K`` is the
+      unweighted mean over categories of the per-category recall. Keys
+      ``blank_items/{category}/r@K``, ``blank_items/mean/r@K``, ``blank_items/r_mean``.
+    - ``all_items/...`` (CSA-Net's candidate pool): the gallery is every candidate row (the
+      dataset emits every item of the split's entries, question items too), and
+      ``all_items/weighted/r@K`` weights each category by its number of queries (= the
+      recall over all queries). Keys ``all_items/{category}/r@K``,
+      ``all_items/weighted/r@K``, ``all_items/r_mean``.
+
+    ``categories`` optionally names the category indices."""
 
     model_output_keys = ("outfit_embedding", "item_embedding")
     sample_list_keys = ("is_query", "item_id", "target_id", "category", "sample_index")
@@ -184,17 +193,28 @@ class OutfitComplementaryRetrieval(_QueryGalleryMetric):
 
     def compute(self, collected):
         queries, gallery = self._split(collected)
-        values, weighted = {}, dict.fromkeys(self.ks, 0.0)
+        is_blank = torch.isin(gallery["id"], queries["target"])
+        categories = torch.unique(queries["category"]).tolist()
         num_queries = len(queries["target"])
-        for category in torch.unique(queries["category"]).tolist():
+        values = {}
+        category_mean, weighted = dict.fromkeys(self.ks, 0.0), dict.fromkeys(self.ks, 0.0)
+        for category in categories:
             name = self._category_name(category)
             query_rows = queries["category"] == category
-            ranks = self._ranks(queries, gallery, query_rows, gallery["category"] == category,
-                                f"category {name}")
-            for k, value in recall_at_k(ranks, self.ks).items():
-                values[f"target_category/{name}/r@{k}"] = value
-                weighted[k] += value * len(ranks) / num_queries
+            in_category = gallery["category"] == category
+            for gallery_name, gallery_rows in (("blank_items", in_category & is_blank),
+                                               ("all_items", in_category)):
+                ranks = self._ranks(queries, gallery, query_rows, gallery_rows,
+                                    f"gallery '{gallery_name}', category {name}")
+                for k, value in recall_at_k(ranks, self.ks).items():
+                    values[f"{gallery_name}/{name}/r@{k}"] = value
+                    if gallery_name == "blank_items":
+                        category_mean[k] += value / len(categories)
+                    else:
+                        weighted[k] += value * len(ranks) / num_queries
         for k in self.ks:
-            values[f"target_category/weighted/r@{k}"] = weighted[k]
-        values["target_category/r_mean"] = sum(weighted.values()) / len(self.ks)
+            values[f"blank_items/mean/r@{k}"] = category_mean[k]
+            values[f"all_items/weighted/r@{k}"] = weighted[k]
+        values["blank_items/r_mean"] = sum(category_mean.values()) / len(self.ks)
+        values["all_items/r_mean"] = sum(weighted.values()) / len(self.ks)
         return values

@@ -8,7 +8,8 @@ Collected fields (``mo`` = model_output, ``sl`` = sample_list):
   ``text_embedding``; sl ``id`` (product), ``sample_index``. One row per (product, image)
   item; every row of a product carries the product's text. Texts are de-duplicated by
   product id (the row with the smallest ``sample_index`` speaks for it).
-- ``fashionvil_retrieval_sample100`` ("kaleido"): the same plus sl ``subcategory``.
+- ``fashionvil_retrieval_sample100`` ("kaleido", the authors' sample-100): the same plus sl
+  ``subcategory``.
   Both take ``itm_rerank_top_k``; when > 0 they also collect mo ``visual_tokens`` and sl
   ``input_ids``, ``input_mask``, and need the model (``needs_model``, see below).
 """
@@ -32,6 +33,7 @@ from mmf_fashionvil.metrics.ranking import (
 )
 
 ITM_PAIR_CHUNK = 256  # (text, image) pairs per fusion-encoder pass when re-ranking
+SCORE_CHUNK = 256  # sample-100 queries scored at once (a [chunk, 101, D] gather)
 
 
 def itm_pair_scorer(model, input_ids, input_mask, visual_tokens):
@@ -135,30 +137,47 @@ class FullRankingRetrieval(_RetrievalMetric):
         return values
 
 
+DRAWS_FORMAT = 2  # version of the draws-file layout; files of another version are refused
+DIRECTIONS = ("itr", "tir")
+
+
 @registry.register_metric("fashionvil_retrieval_sample100")
 class SampledRetrieval(_RetrievalMetric):
-    """The FashionBERT/KaleidoBERT "sample-100" protocol ("kaleido"): each of
-    ``num_queries`` random items is ranked against its positive plus ``num_negatives``
-    items of other products of the SAME subcategory (one item per negative product); ITR
-    ranks the texts of those items for the query's image, TIR their images for the query's
-    text. R@K is averaged over ``num_draws`` draws.
+    """The FashionBERT/KaleidoBERT "sample-100" protocol as the authors' code runs it
+    (``kaleido``), each direction drawn on its own:
+
+    - ITR: ``num_queries`` random images (items), each ranked against its product's text
+      plus ``num_negatives`` texts of other products;
+    - TIR: ``num_queries`` random products' texts, each ranked against one random image of
+      the product plus ``num_negatives`` images of other products (any image: a product with
+      more images is drawn more often, possibly twice).
+
+    Negatives are drawn without replacement from the query's subcategory; where it holds
+    fewer, all of them are taken and the rest drawn from other subcategories, as the authors'
+    top-k selection does. R@K is averaged over ``num_draws`` draws. ``num_queries: null``
+    makes every image (ITR) and every product (TIR) a query: keys ``kaleido_all_queries/...``.
 
     The draws come from ``seed`` and, when ``draws_file`` is set, are saved there as JSON
-    (items named by ``sample_index``), one draw set per evaluated split, keyed by a
-    fingerprint of its items (sample_index, product, subcategory); a saved set is reused for
-    the same items, so two runs rank the same candidates, and a split with other items (a dev
-    split next to the test split) gets its own set. A subcategory with fewer than
-    ``num_negatives`` other products gives its queries all of them (fewer candidates; a
-    product alone in its subcategory is a certain hit); a split smaller than
-    ``num_queries`` uses every item as a query."""
+    (items named by ``sample_index``; a text by the row that speaks for its product), one
+    draw set per evaluated split, keyed by a fingerprint of its items (sample_index,
+    product, subcategory); a saved set is reused for the same items, so two runs rank the
+    same candidates, and a split with other items (a dev split next to the test split) gets
+    its own set. A split with fewer than ``num_negatives`` other products gives its queries
+    all of them."""
 
     sample_list_keys = ("id", "subcategory", "sample_index")
 
     def __init__(self, num_queries=1000, num_negatives=100, num_draws=5, seed=0,
                  draws_file=None, ks=RETRIEVAL_KS, itm_rerank_top_k=0):
         super().__init__("fashionvil_retrieval_sample100", ks, itm_rerank_top_k)
-        self.settings = {"num_queries": int(num_queries), "num_negatives": int(num_negatives),
+        if num_queries is not None and int(num_queries) < 1:
+            raise ValueError(f"metric {self.name}: num_queries must be >= 1 or null (every "
+                             f"query), got {num_queries}")
+        self.settings = {"format": DRAWS_FORMAT,
+                         "num_queries": None if num_queries is None else int(num_queries),
+                         "num_negatives": int(num_negatives),
                          "num_draws": int(num_draws), "seed": int(seed)}
+        self.protocol = "kaleido" if num_queries is not None else "kaleido_all_queries"
         self.draws_file = draws_file
 
     def compute(self, collected, model=None):
@@ -166,36 +185,43 @@ class SampledRetrieval(_RetrievalMetric):
         rows = sorted_by_sample_index(collected)
         draws = self.load_or_draw(rows["sample_index"], rows["id"], rows["subcategory"])
         row_of = {int(s): i for i, s in enumerate(rows["sample_index"])}
-        totals = defaultdict(float)
-        protocols = [("kaleido", None, None)]
+        images, texts = rows["image_embedding"], rows["text_embedding"]
+        sides = {"itr": (images, texts), "tir": (texts, images)}
+        protocols = [(self.protocol, dict.fromkeys(DIRECTIONS))]
         if self.itm_rerank_top_k:
             k, itm = self.itm_rerank_top_k, self._itm_scorer(rows, model)
             # Every row carries its product's text, so text rows are item rows here.
-            protocols.append((f"kaleido_itm_top{k}", (k, lambda image, text: itm(text, image)),
-                              (k, itm)))
+            protocols.append((f"{self.protocol}_itm_top{k}", {
+                "itr": (k, lambda image, text: itm(text, image)), "tir": (k, itm)}))
+        totals = defaultdict(float)
         for draw in draws:
-            query_rows = torch.tensor([row_of[s] for s in draw["queries"]])
-            width = 1 + max((len(n) for n in draw["negatives"]), default=0)
-            # Candidate rows per query, positive (the query row itself) first, padded with -1.
-            candidates = torch.full((len(query_rows), width), -1, dtype=torch.long)
-            candidates[:, 0] = query_rows
-            for i, negatives in enumerate(draw["negatives"]):
-                candidates[i, 1:1 + len(negatives)] = torch.tensor(
-                    [row_of[s] for s in negatives], dtype=torch.long)
-            for protocol, itr_rerank, tir_rerank in protocols:
-                itr = self._draw_recall(rows["image_embedding"], rows["text_embedding"],
-                                        query_rows, candidates, itr_rerank)
-                tir = self._draw_recall(rows["text_embedding"], rows["image_embedding"],
-                                        query_rows, candidates, tir_rerank)
-                for key, value in _retrieval_keys(protocol, itr, tir).items():
+            recall = defaultdict(dict)
+            for direction in DIRECTIONS:
+                query_rows = torch.tensor([row_of[s] for s in draw[direction]["queries"]])
+                lists = draw[direction]["candidates"]
+                # Candidate rows per query, positive first, padded with -1.
+                candidates = torch.full((len(lists), max(map(len, lists))), -1,
+                                        dtype=torch.long)
+                for i, items in enumerate(lists):
+                    candidates[i, :len(items)] = torch.tensor([row_of[s] for s in items])
+                for protocol, reranks in protocols:
+                    recall[protocol][direction] = self._draw_recall(
+                        *sides[direction], query_rows, candidates, reranks[direction])
+            for protocol, _ in protocols:
+                values = _retrieval_keys(protocol, recall[protocol]["itr"],
+                                         recall[protocol]["tir"])
+                for key, value in values.items():
                     totals[key] += value / len(draws)
         return dict(totals)
 
     def _draw_recall(self, query_side, candidate_side, query_rows, candidates, rerank=None):
-        """R@K of one draw; ``rerank`` = (k, pair_scores(query_rows, candidate_rows))."""
+        """R@K of one draw and direction; ``rerank`` = (k, pair_scores(query_rows,
+        candidate_rows))."""
         valid = candidates >= 0
-        gathered = candidate_side[candidates.clamp(min=0)]  # [Q, width, D]
-        scores = torch.einsum("qd,qcd->qc", query_side[query_rows], gathered)
+        scores = torch.cat([  # a chunk of queries at a time bounds the [Q, width, D] gather
+            torch.einsum("qd,qcd->qc", query_side[query_rows[start:start + SCORE_CHUNK]],
+                         candidate_side[candidates[start:start + SCORE_CHUNK].clamp(min=0)])
+            for start in range(0, len(query_rows), SCORE_CHUNK)])
         positive = torch.zeros_like(valid)
         positive[:, 0] = True
         if rerank is not None:
@@ -208,8 +234,8 @@ class SampledRetrieval(_RetrievalMetric):
     # ------------------------------------------------------------------ draws
     def load_or_draw(self, sample_index, product_id, subcategory):
         """The draws: the set ``draws_file`` holds for these items, else made from the seed
-        (and added to ``draws_file`` when set). Each draw: {"queries": [sample_index],
-        "negatives": [[sample_index] per query]}."""
+        (and added to ``draws_file`` when set). Each draw: {direction: {"queries":
+        [sample_index], "candidates": [[positive, negatives...] per query]}}."""
         items = [sample_index.tolist(), product_id.tolist(), subcategory.tolist()]
         key = hashlib.sha1(json.dumps(items).encode()).hexdigest()[:16]
         draw_sets = {}
@@ -217,7 +243,7 @@ class SampledRetrieval(_RetrievalMetric):
             draw_sets = self._read_draw_sets()
             if key in draw_sets:
                 draws = draw_sets[key]["draws"]
-                self._check_draws(draws, sample_index, product_id, subcategory)
+                self._check_draws(draws, sample_index, product_id)
                 return draws
         draws = self.make_draws(sample_index, product_id, subcategory)
         if self.draws_file:
@@ -228,41 +254,57 @@ class SampledRetrieval(_RetrievalMetric):
     def make_draws(self, sample_index, product_id, subcategory):
         """Seeded draws for rows given in sample_index order (see :meth:`load_or_draw`)."""
         rng = np.random.default_rng(self.settings["seed"])
-        sample_index, product_id = sample_index.tolist(), product_id.tolist()
-        subcategory = subcategory.tolist()
-        # subcategory -> product -> its rows, in sample_index order.
-        rows_of = defaultdict(dict)
-        for row, (product, group) in enumerate(zip(product_id, subcategory)):
-            rows_of[group].setdefault(product, []).append(row)
-        products_of = {group: list(products) for group, products in rows_of.items()}
+        sample_index = sample_index.numpy()
+        product_id, subcategory = product_id.numpy(), subcategory.numpy()
+        text_rows, _ = first_rows_of(torch.from_numpy(product_id))
+        text_rows = np.sort(text_rows.numpy())
+        image_rows = np.arange(len(product_id))
+        # ITR: image queries, text candidates; TIR: text queries, image candidates.
+        pools = {"itr": (image_rows, text_rows), "tir": (text_rows, image_rows)}
         draws = []
-        num_queries = min(self.settings["num_queries"], len(sample_index))
         for _ in range(self.settings["num_draws"]):
-            query_rows = sorted(rng.choice(len(sample_index), num_queries, replace=False).tolist())
-            negatives = []
-            for row in query_rows:
-                group = subcategory[row]
-                products = products_of[group]
-                own = products.index(product_id[row])
-                count = min(self.settings["num_negatives"], len(products) - 1)
-                chosen = []
-                # Draw among the group's other products (skip over the query's own one),
-                # then one item of each.
-                for pick in rng.choice(len(products) - 1, count, replace=False).tolist():
-                    product_rows = rows_of[group][products[pick + int(pick >= own)]]
-                    chosen.append(sample_index[product_rows[int(rng.integers(len(product_rows)))]])
-                negatives.append(chosen)
-            draws.append({"queries": [sample_index[r] for r in query_rows],
-                          "negatives": negatives})
+            draw = {}
+            for direction in DIRECTIONS:
+                query_rows, candidate_rows = pools[direction]
+                queries, candidates = self._draw(rng, query_rows, candidate_rows, product_id,
+                                                 subcategory)
+                draw[direction] = {
+                    "queries": sample_index[queries].tolist(),
+                    "candidates": [sample_index[rows].tolist() for rows in candidates]}
+            draws.append(draw)
         return draws
+
+    def _draw(self, rng, query_rows, candidate_rows, product_id, subcategory):
+        """Query rows and, per query, candidate rows: one random positive (same product),
+        then the negatives (see the class doc)."""
+        num_queries = self.settings["num_queries"]
+        if num_queries is not None and num_queries < len(query_rows):
+            query_rows = np.sort(rng.choice(query_rows, num_queries, replace=False))
+        candidate_product = product_id[candidate_rows]
+        candidate_group = subcategory[candidate_rows]
+        wanted = self.settings["num_negatives"]
+        candidates = []
+        for row in query_rows:
+            other = candidate_product != product_id[row]
+            same_group = candidate_group == subcategory[row]
+            positive = rng.choice(candidate_rows[~other])
+            negatives = candidate_rows[other & same_group]
+            if len(negatives) >= wanted:
+                negatives = rng.choice(negatives, wanted, replace=False)
+            else:
+                fill = candidate_rows[other & ~same_group]
+                fill = rng.choice(fill, min(wanted - len(negatives), len(fill)), replace=False)
+                negatives = np.concatenate([negatives, fill])
+            candidates.append(np.concatenate([[positive], negatives]).astype(np.int64))
+        return query_rows, candidates
 
     def _read_draw_sets(self):
         try:
             with open(self.draws_file) as handle:
                 saved = json.load(handle)
             draw_sets = dict(saved["draw_sets"])
-            recorded = {key: saved[key] for key in self.settings}
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            recorded = {key: saved.get(key) for key in self.settings}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(
                 f"sample-100 draws file {self.draws_file} is not a draws file written by this "
                 f"metric ({error!r}); delete it to draw again"
@@ -270,31 +312,37 @@ class SampledRetrieval(_RetrievalMetric):
         if recorded != self.settings:
             raise ValueError(
                 f"sample-100 draws file {self.draws_file} was drawn with {recorded}, but the "
-                f"metric is configured with {self.settings}: delete the file or point "
-                "draws_file elsewhere"
+                f"metric is configured with {self.settings} (format = the file layout's "
+                "version): delete the file or point draws_file elsewhere"
             )
         return draw_sets
 
-    def _check_draws(self, draws, sample_index, product_id, subcategory):
+    def _check_draws(self, draws, sample_index, product_id):
+        """Every saved item is in the split, every positive of the query's product, every
+        negative of another product; ITR candidates and TIR queries are product texts."""
         row_of = {int(s): i for i, s in enumerate(sample_index)}
-        product_id, subcategory = product_id.tolist(), subcategory.tolist()
+        product_id = product_id.tolist()
+        text_rows, _ = first_rows_of(torch.tensor(product_id))
+        text_items = {int(sample_index[r]) for r in text_rows}
+        where = f"sample-100 draws file {self.draws_file}"
         for draw in draws:
-            for query, negatives in zip(draw["queries"], draw["negatives"]):
-                unknown = [s for s in [query, *negatives] if s not in row_of]
-                if unknown:
-                    raise ValueError(
-                        f"sample-100 draws file {self.draws_file} names items {unknown[:5]} "
-                        "that are not in this evaluation split: it was drawn for other data"
-                    )
-                q = row_of[query]
-                for s in negatives:
-                    n = row_of[s]
-                    if product_id[n] == product_id[q] or subcategory[n] != subcategory[q]:
+            for direction in DIRECTIONS:
+                part = draw[direction]
+                for query, items in zip(part["queries"], part["candidates"]):
+                    unknown = [s for s in [query, *items] if s not in row_of]
+                    if unknown:
                         raise ValueError(
-                            f"sample-100 draws file {self.draws_file}: negative {s} of query "
-                            f"{query} is not another product of its subcategory in this "
-                            "split: the file was drawn for other data"
-                        )
+                            f"{where} names items {unknown[:5]} that are not in this "
+                            "evaluation split: it was drawn for other data")
+                    texts = items if direction == "itr" else [query]
+                    owners = [product_id[row_of[s]] for s in items]
+                    own = product_id[row_of[query]]
+                    if (not set(texts) <= text_items or owners[0] != own
+                            or own in owners[1:]):
+                        raise ValueError(
+                            f"{where}: {direction} query {query} has candidates {items[:5]}... "
+                            "that are not its product's positive followed by other products' "
+                            "items: the file was drawn for other data")
 
     def _write_draw_sets(self, draw_sets):
         directory = os.path.dirname(os.path.abspath(self.draws_file))
@@ -302,5 +350,6 @@ class SampledRetrieval(_RetrievalMetric):
         # Write then rename: a reader never sees a partial file.
         temporary = f"{self.draws_file}.{os.getpid()}.tmp"
         with open(temporary, "w") as handle:
-            json.dump({"protocol": "kaleido", **self.settings, "draw_sets": draw_sets}, handle)
+            json.dump({"protocol": self.protocol, **self.settings, "draw_sets": draw_sets},
+                      handle)
         os.replace(temporary, self.draws_file)

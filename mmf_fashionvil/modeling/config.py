@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from mmf_fashionvil import CONFIGS_DIR
 from mmf_fashionvil.data.polyvore.dataset import NUM_CATEGORIES_KEY
+from mmf_fashionvil.data.pretraining.dataset import NUM_ATTRIBUTES_KEY
 from mmf_fashionvil.tasks import KNOWN_TASKS, parse_task_names
 
 DEFAULTS_YAML = os.path.join(CONFIGS_DIR, "models", "fashionvil", "defaults.yaml")
@@ -73,7 +74,7 @@ class FashionViLSettings:
     evaluation_task: Optional[str]
     image_encoder: ImageEncoderSettings
     bert: BertSettings
-    embedding_dim: int
+    embedding_dim: Optional[int]  # None: no f / g projection (the transformer width)
     initial_scale: float
     lr_multiplier: float
     heads: HeadSettings
@@ -99,11 +100,20 @@ class FashionViLSettings:
             image_encoder=ImageEncoderSettings(
                 image.arch, image.pretrained, int(image.image_size), int(image.width_base)),
             bert=BertSettings(bert.pretrained, bert.vocab_file, architecture),
-            embedding_dim=int(config.embedding_dim),
+            embedding_dim=_embedding_dim(config.embedding_dim),
             initial_scale=float(config.initial_scale),
             lr_multiplier=float(config.lr_multiplier),
             heads=_head_settings(config.heads, tasks),
         )
+
+
+def _embedding_dim(value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{CONFIG_PREFIX}.embedding_dim={value!r}: expected a positive "
+                         "integer (the size of the f / g projections) or null (no projection)")
+    return value
 
 
 def _head_settings(heads, tasks):
@@ -132,46 +142,63 @@ def _head_settings(heads, tasks):
         pac_num_attributes=_num_attributes(heads.pac) if "pac" in tasks else None,
         pac_initial_logit_scale=float(heads.pac.initial_logit_scale),
         scr_num_classes=None if scr_num_classes is None else int(scr_num_classes),
-        ocir_num_categories=_ocir_num_categories(heads.ocir) if "ocir" in tasks else None,
+        ocir_num_categories=(ocir_num_categories(heads.ocir.num_categories,
+                                                 f"{CONFIG_PREFIX}.heads.ocir.num_categories")
+                             if "ocir" in tasks else None),
         ocir_num_subspaces=int(heads.ocir.num_subspaces),
         ocir_use_text=bool(heads.ocir.use_text),
     )
 
 
 def _num_attributes(pac):
-    """``heads.pac.num_attributes``, else the length of the vocabulary in
-    ``heads.pac.attributes_file`` (the attribute miner's attributes.json)."""
+    """The PAC classifier size: ``heads.pac.num_attributes``, else the length of the
+    vocabulary in ``heads.pac.attributes_file`` (the attribute miner's attributes.json), else
+    the class count of the labels the fashion_pretraining dataset built (registered by it:
+    the info files' ids or the miner's), which a configured size is checked against."""
+    from_data = registry.get(NUM_ATTRIBUTES_KEY, no_warning=True)
     if pac.num_attributes is not None:
-        return int(pac.num_attributes)
-    path = pac.attributes_file
-    if path is None:
+        configured, key = int(pac.num_attributes), "num_attributes"
+    elif pac.attributes_file is not None:
+        path = str(pac.attributes_file)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{CONFIG_PREFIX}.heads.pac.attributes_file={path} does not exist: run "
+                "`python -m mmf_fashionvil.tools.attributes --data-dir <data_dir>` first"
+            )
+        with open(path, encoding="utf-8") as handle:
+            configured, key = len(json.load(handle)["vocabulary"]), f"attributes_file={path}"
+    elif from_data is not None:
+        return from_data[1]
+    else:
         raise ValueError(
-            f"training task 'pac' needs {CONFIG_PREFIX}.heads.pac.attributes_file (the "
-            "attribute miner's attributes.json) or heads.pac.num_attributes"
+            f"training task 'pac' needs {CONFIG_PREFIX}.heads.pac.num_attributes, or "
+            "heads.pac.attributes_file (the attribute miner's attributes.json), or a "
+            "fashion_pretraining dataset with PAC labels"
         )
-    if not os.path.isfile(str(path)):
+    if from_data is not None and from_data[1] != configured:
+        source, count = from_data
         raise ValueError(
-            f"{CONFIG_PREFIX}.heads.pac.attributes_file={path} does not exist: run "
-            "`python -m mmf_fashionvil.tools.attributes --data-dir <data_dir>` first"
+            f"{CONFIG_PREFIX}.heads.pac.{key} gives {configured} classes but the "
+            f"fashion_pretraining dataset's PAC labels ({source}) have {count}: set "
+            "heads.pac.num_attributes and heads.pac.attributes_file to null (the dataset's "
+            "count), or dataset_config.fashion_pretraining.attribute_labels to the other source"
         )
-    with open(str(path), encoding="utf-8") as handle:
-        return len(json.load(handle)["vocabulary"])
+    return configured
 
 
-def _ocir_num_categories(ocir):
-    """``heads.ocir.num_categories``; checked against the number of dense categories the
-    polyvore_ocir builder registered (when a dataset was built), which it defaults to."""
-    configured = ocir.num_categories
+def ocir_num_categories(configured, key):
+    """The number of OCIR categories set at config ``key`` (``configured``); checked against
+    the number of dense categories the polyvore_ocir builder registered (when a dataset was
+    built), which it defaults to."""
     from_data = registry.get(NUM_CATEGORIES_KEY, no_warning=True)
     if configured is None and from_data is None:
         raise ValueError(
-            f"training task 'ocir' needs {CONFIG_PREFIX}.heads.ocir.num_categories (the "
-            "number of distinct category_ids in polyvore_item_metadata.json)"
+            f"OCIR needs {key} (the number of distinct category_ids in "
+            "polyvore_item_metadata.json)"
         )
     if configured is not None and from_data is not None and int(configured) != from_data:
         raise ValueError(
-            f"{CONFIG_PREFIX}.heads.ocir.num_categories={configured} but the polyvore_ocir "
-            f"dataset's metadata has {from_data} distinct category_ids: set it to "
-            f"{from_data} (or null to take the dataset's)"
+            f"{key}={configured} but the polyvore_ocir dataset's metadata has {from_data} "
+            f"distinct category_ids: set it to {from_data} (or null to take the dataset's)"
         )
     return int(configured if configured is not None else from_data)

@@ -1,6 +1,6 @@
 """The building blocks of FashionViL (SPEC §1): the ResNet grid image encoder, the shared
-text/visual embeddings, the L2-normalise-and-scale layer of the joint space, the task heads
-that are more than a Linear, and small tensor helpers."""
+text/visual embeddings, the L2-normalise-and-scale layer of the joint space, the PAC and OCIR
+heads, and small tensor helpers."""
 from collections import OrderedDict
 
 import torch
@@ -83,8 +83,16 @@ class GridImageEncoder(nn.Sequential):
         super().__init__(layers)
         self.arch = arch
         self.out_channels = out_channels
+        self.memory_format = torch.contiguous_format  # of weights and inputs
+
+    def use_channels_last(self):
+        """Keeps weights and inputs in channels_last memory format (NHWC): tensor-core
+        convolutions under bf16/fp16 on GPUs run without layout conversions."""
+        self.to(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last
 
     def forward(self, image):
+        image = image.contiguous(memory_format=self.memory_format)
         return super().forward(image).flatten(2).transpose(1, 2)
 
     def load_torchvision_state_dict(self, state_dict, source):
@@ -153,7 +161,8 @@ class FashionViLEmbeddings(nn.Module):
     @torch.no_grad()
     def copy_from_bert(self, bert_embeddings):
         """Copies BERT's tables; the visual position table starts as BERT's first text
-        positions and the visual type as BERT's second segment (type 1) embedding."""
+        positions and the visual type as BERT's first segment (type 0) embedding, as the
+        authors' code (their visual tokens use type id 0 of a copy of BERT's type table)."""
         text_tables = ("word_embeddings", "position_embeddings", "token_type_embeddings")
         for name in (*text_tables, "LayerNorm"):
             getattr(self, name).load_state_dict(getattr(bert_embeddings, name).state_dict())
@@ -161,7 +170,7 @@ class FashionViLEmbeddings(nn.Module):
         text_positions = bert_embeddings.position_embeddings.weight
         self.visual_position_embeddings.weight.copy_(text_positions[:count])
         type_table = bert_embeddings.token_type_embeddings.weight
-        self.visual_type_embedding.copy_(type_table[min(1, type_table.size(0) - 1)])
+        self.visual_type_embedding.copy_(type_table[0])
 
 
 class ScaledL2Norm(nn.Module):
@@ -245,22 +254,14 @@ class CosineClassifier(nn.Module):
         return self.logit_scale * cosines
 
 
-def classification_head(width, num_classes):
-    """MLP on the FE [CLS] output, as the authors' classification head:
-    Linear(width, 2 width) - GELU - LayerNorm - Linear(2 width, num_classes)."""
-    return nn.Sequential(
-        nn.Linear(width, 2 * width), nn.GELU(), nn.LayerNorm(2 * width, eps=1e-12),
-        nn.Linear(2 * width, int(num_classes)),
-    )
-
-
 def drop_tokens_at_random(mask, fraction, generator):
     """Keep-mask [B, L] that drops round(fraction * n) of the n real tokens of each row of
     ``mask`` (1 = real token) from attention, uniformly at random, always keeping at least
-    one; padding stays 0. Draws from ``generator`` (CPU); returns ``mask``'s dtype/device."""
-    real = mask.bool().cpu()
-    scores = torch.rand(real.shape, generator=generator).masked_fill(~real, 2.0)
-    rank_in_row = scores.argsort(1).argsort(1)  # real tokens first, in random order
+    one; padding stays 0. Draws on the generator's device without reading anything back to
+    the host; returns ``mask``'s dtype/device."""
+    real = mask.bool().to(generator.device)
+    scores = torch.rand(real.shape, generator=generator, device=generator.device)
+    rank_in_row = scores.masked_fill(~real, 2.0).argsort(1).argsort(1)  # real tokens first
     counts = real.sum(1)
     num_dropped = torch.minimum(torch.floor(fraction * counts + 0.5).long(), counts - 1)
     kept = real & (rank_in_row >= num_dropped.clamp(min=0)[:, None])

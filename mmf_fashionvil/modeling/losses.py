@@ -53,12 +53,6 @@ def drop_skipped(losses):
     return {name: value for name, value in losses.items() if value.numel() > 0}
 
 
-def _zero_with_graph(tensor):
-    # A zero that still depends on the logits, so backward() and DDP's gradient hooks run
-    # the same way on every rank even when a batch has nothing to predict.
-    return tensor.sum() * 0.0
-
-
 def contrastive_loss(a, b, symmetric=True, gather=True):
     """InfoNCE with temperature 1 between rows of ``a`` [B, D] and ``b`` [B, D] (already
     normalised and scaled): row i of ``a`` should pick row i of ``b`` among all rows of ``b``
@@ -82,8 +76,8 @@ def contrastive_loss(a, b, symmetric=True, gather=True):
         # Local batches may differ in size: this rank's rows start after every row of the
         # lower ranks.
         row_ranks = all_gather_with_grad(torch.full((rows,), get_rank(), device=a.device))
-        first_row = int((row_ranks < get_rank()).sum())
-    targets = torch.arange(first_row, first_row + rows, device=a.device)
+        first_row = (row_ranks < get_rank()).sum()  # on the device: no step waits for it
+    targets = first_row + torch.arange(rows, device=a.device)
     loss_sum = F.cross_entropy(a @ all_b.t(), targets, reduction="sum")
     if symmetric:
         loss_sum = (loss_sum + F.cross_entropy(b @ all_a.t(), targets, reduction="sum")) / 2
@@ -93,38 +87,37 @@ def contrastive_loss(a, b, symmetric=True, gather=True):
 def masked_cross_entropy(logits, labels):
     """Cross-entropy of ``logits`` [..., C] against ``labels`` [...] over the positions whose
     label is not IGNORE_INDEX (-100), averaged over those positions; a graph-connected zero
-    when there is none (plain cross-entropy would give NaN)."""
+    when there is none (plain cross-entropy would give NaN). No value is read back to the
+    host (a training step never waits for the GPU)."""
     if logits.shape[:-1] != labels.shape:
         raise ValueError(
             f"masked_cross_entropy: logits {tuple(logits.shape)} do not match labels "
             f"{tuple(labels.shape)} (expected logits = labels.shape + [num_classes])"
         )
-    selected = labels != IGNORE_INDEX
-    if not selected.any():
-        return _zero_with_graph(logits)
-    return F.cross_entropy(logits[selected], labels[selected])
+    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def soft_label_cross_entropy(logits, multi_hot):
     """Soft-label cross-entropy with the paper's label smoothing: each row's target spreads
     probability 1 evenly over its true labels (two labels -> 0.5 each). ``logits`` and
     ``multi_hot`` are [B, A]; rows without any label are left out and the result is the mean
-    over the rows that have labels (a graph-connected zero if none has)."""
+    over the rows that have labels (a graph-connected zero if none has). Computed with a
+    row weight instead of selecting rows, so no value is read back to the host."""
     if logits.shape != multi_hot.shape:
         raise ValueError(
             f"soft_label_cross_entropy: logits {tuple(logits.shape)} and labels "
             f"{tuple(multi_hot.shape)} differ in shape"
         )
-    multi_hot = multi_hot.to(logits.dtype)
-    if (multi_hot < 0).any():
-        raise ValueError("soft_label_cross_entropy: attribute labels must be non-negative")
+    multi_hot = multi_hot.float()
+    torch._assert_async((multi_hot >= 0).all(),
+                        "soft_label_cross_entropy: attribute labels must be non-negative")
     counts = multi_hot.sum(dim=1)
-    labelled = counts > 0
-    if not labelled.any():
-        return _zero_with_graph(logits)
-    targets = multi_hot[labelled] / counts[labelled, None]
-    log_probs = F.log_softmax(logits[labelled].float(), dim=1)
-    return -(targets * log_probs).sum(dim=1).mean()
+    labelled = (counts > 0).float()
+    targets = multi_hot / counts.clamp(min=1)[:, None]  # rows without labels: all zero
+    row_losses = -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    return (row_losses * labelled).sum() / labelled.sum().clamp(min=1)
 
 
 def _is_training_batch(sample_list):

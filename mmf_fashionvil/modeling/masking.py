@@ -122,6 +122,7 @@ def block_patch_mask(
     mask_ratio: float = 0.25,
     min_block: int = 4,
     max_aspect: float = 1 / 0.3,
+    num_masks: Optional[int] = None,
 ) -> torch.Tensor:
     """BEiT-style block-wise mask over a grid of patches, masking exactly
     :func:`num_masked_patches` patches.
@@ -134,8 +135,14 @@ def block_patch_mask(
     progress, and the last block is trimmed (keeping its first new patches in row-major order)
     when it would overshoot.
 
+    All ``num_masks`` masks are drawn at once with tensor operations on the generator's
+    device and no value read back to the host (a training step must not wait for the GPU):
+    every placement adds at least one patch, so ``target`` rounds of placements always
+    finish every mask; rounds of a finished mask change nothing.
+
     Returns:
-        BoolTensor [grid_h * grid_w], row-major, True = masked.
+        BoolTensor [grid_h * grid_w] (``num_masks`` None) or [num_masks, grid_h * grid_w],
+        row-major, True = masked, on the generator's device.
     """
     if grid_h < 1 or grid_w < 1:
         raise ValueError(f"grid must be at least 1x1, got {grid_h}x{grid_w}")
@@ -146,35 +153,47 @@ def block_patch_mask(
     if max_aspect < 1.0:
         raise ValueError(f"max_aspect must be >= 1, got {max_aspect}")
 
-    mask = torch.zeros(grid_h, grid_w, dtype=torch.bool)
-    target = num_masked_patches(grid_h * grid_w, mask_ratio)
+    count = 1 if num_masks is None else int(num_masks)
+    device = generator.device
+    num_patches = grid_h * grid_w
+    target = num_masked_patches(num_patches, mask_ratio)
+    rows = torch.arange(num_patches, device=device) // grid_w  # of each patch, [N]
+    columns = torch.arange(num_patches, device=device) % grid_w
+    mask = torch.zeros(count, num_patches, dtype=torch.bool, device=device)
     log_aspect_bound = math.log(max_aspect)
 
-    def uniform(low: float, high: float) -> float:
-        return low + (high - low) * torch.rand(1, generator=generator).item()
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(count, generator=generator, device=device)
 
-    def randint_inclusive(low: int, high: int) -> int:
-        return int(torch.randint(low, high + 1, (1,), generator=generator))
+    def randint_inclusive(low, high):
+        # floor(low + U * (high - low + 1)), U in [0, 1): uniform over low..high
+        span = (high - low + 1).to(torch.float64)
+        draw = torch.rand(count, generator=generator, device=device, dtype=torch.float64)
+        return low + torch.minimum((draw * span).long(), (high - low))
 
-    masked = 0
-    while masked < target:
-        remaining = target - masked
-        area = uniform(min(min_block, remaining), remaining)
-        aspect = math.exp(uniform(-log_aspect_bound, log_aspect_bound))
-        height = min(grid_h, max(1, round(math.sqrt(area * aspect))))
-        width = min(grid_w, max(1, round(math.sqrt(area / aspect))))
+    for _ in range(target):
+        remaining = target - mask.sum(1)  # [count]; 0 once a mask is complete
+        area = uniform(remaining.clamp(max=min_block).double(), remaining.double())
+        aspect = torch.exp(uniform(-log_aspect_bound, log_aspect_bound).double())
+        height = torch.round(torch.sqrt(area * aspect)).long().clamp(1, grid_h)
+        width = torch.round(torch.sqrt(area / aspect)).long().clamp(1, grid_w)
 
-        unmasked = (~mask).flatten().nonzero().flatten()
-        anchor = int(unmasked[randint_inclusive(0, unmasked.numel() - 1)])
-        anchor_row, anchor_col = divmod(anchor, grid_w)
-        top = randint_inclusive(max(0, anchor_row - height + 1), min(anchor_row, grid_h - height))
-        left = randint_inclusive(max(0, anchor_col - width + 1), min(anchor_col, grid_w - width))
+        # A random still-unmasked patch (the largest random score among them).
+        scores = torch.rand(count, num_patches, generator=generator, device=device)
+        anchor = scores.masked_fill(mask, -1.0).argmax(1)
+        anchor_row, anchor_col = anchor // grid_w, anchor % grid_w
+        top = randint_inclusive((anchor_row - height + 1).clamp(min=0),
+                                torch.minimum(anchor_row, grid_h - height))
+        left = randint_inclusive((anchor_col - width + 1).clamp(min=0),
+                                 torch.minimum(anchor_col, grid_w - width))
 
-        block = mask[top : top + height, left : left + width]
-        new_cells = (~block).flatten().nonzero().flatten()[:remaining]
-        mask[top + new_cells // width, left + new_cells % width] = True
-        masked += new_cells.numel()
-    return mask.flatten()
+        in_block = ((rows >= top[:, None]) & (rows < (top + height)[:, None])
+                    & (columns >= left[:, None]) & (columns < (left + width)[:, None]))
+        new = in_block & ~mask
+        # Block cells are visited row by row, which is the grid's row-major order.
+        new &= new.cumsum(1) <= remaining[:, None]
+        mask |= new
+    return mask[0] if num_masks is None else mask
 
 
 def hard_negative_indices(
@@ -195,8 +214,8 @@ def hard_negative_indices(
         similarity: [B, C] scores of each row against every (globally gathered) column.
         positive_index: LongTensor [B], the column of each row's positive.
         row_product_ids: [B]; column_product_ids: [C].
-        generator: draws the samples; when its device differs from the similarity's, the
-            probabilities are moved to the generator's device for sampling.
+        generator: draws the samples (None: the device's global RNG); when its device
+            differs from the similarity's, the noise is drawn there and moved.
 
     Returns:
         LongTensor [B] of column indices, on the similarity's device.
@@ -215,22 +234,24 @@ def hard_negative_indices(
             f"{tuple(column_product_ids.shape)}"
         )
     device = similarity.device
+    # Checked on the device (torch._assert_async): a training step never waits for the GPU
+    # to read a flag back; on a GPU a failed check stops the run at the next synchronisation.
     with torch.no_grad():
-        scores = similarity.detach().float().clone()
-        if not torch.isfinite(scores).all():
-            raise ValueError("similarity contains NaN or infinite values")
+        scores = similarity.detach().float()
+        torch._assert_async(torch.isfinite(scores).all(),
+                            "hard_negative_indices: similarity contains NaN or infinite values")
         excluded = row_product_ids.to(device)[:, None] == column_product_ids.to(device)[None, :]
-        excluded[torch.arange(num_rows, device=device), positive_index.to(device)] = True
-        rows_without_negative = excluded.all(dim=1).nonzero().flatten()
-        if rows_without_negative.numel():
-            raise ValueError(
-                "no valid hard negative (every column is the positive or the same product) "
-                f"for rows {rows_without_negative.tolist()}; the batch needs at least one "
-                "other product per row"
-            )
-        scores[excluded] = float("-inf")
-        probabilities = torch.softmax(scores, dim=1)
-        if generator is not None:
-            probabilities = probabilities.to(generator.device)
-        choice = torch.multinomial(probabilities, 1, generator=generator).flatten()
-    return choice.to(device)
+        excluded = excluded | (torch.arange(num_columns, device=device)[None, :]
+                               == positive_index.to(device)[:, None])
+        torch._assert_async(
+            (~excluded).any(dim=1).all(),
+            "hard_negative_indices: a row has no valid hard negative (every column is the "
+            "positive or the same product); the batch needs at least one other product per row",
+        )
+        # Gumbel-max: argmax(scores + Gumbel noise) is a draw from softmax(scores); excluded
+        # columns stay -inf.
+        noise_device = generator.device if generator is not None else device
+        uniform = torch.rand(num_rows, num_columns, generator=generator, device=noise_device)
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20).to(device)))
+        choice = (scores.masked_fill(excluded, float("-inf")) + gumbel).argmax(dim=1)
+    return choice

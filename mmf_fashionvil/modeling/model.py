@@ -19,16 +19,23 @@ Settings come resolved and checked from ``config.py``; the layers from ``layers.
 Who draws the random choices: MLM masks come with the batch (``masked_input_ids`` +
 ``lm_label_ids``, drawn per item by the text processor, see ``data/processors.py``). MPFC
 patch masks (block-wise), ITM hard negatives and MVC's dropped tokens are drawn here
-(``masking.py``), from one CPU ``torch.Generator`` per batch (``rng.batch_generator``).
+(``masking.py``), from one ``torch.Generator`` per batch on the batch's device
+(``rng.batch_generator``; seeded by the trainer from (seed, update, micro-batch)), with
+tensor operations only: a training step never reads a value back from the GPU.
 """
 import copy
+import os
 
 import torch
 from mmf.common.registry import registry
 from mmf.models.base_model import BaseModel
 from torch import nn
 from transformers import BertConfig
-from transformers.models.bert.modeling_bert import BertEncoder, BertOnlyMLMHead
+from transformers.models.bert.modeling_bert import (
+    BertEncoder,
+    BertOnlyMLMHead,
+    BertPredictionHeadTransform,
+)
 
 from mmf_fashionvil import assets
 from mmf_fashionvil.data.processors import registered_image_normalization
@@ -46,7 +53,6 @@ from mmf_fashionvil.modeling.layers import (
     FashionViLEmbeddings,
     GridImageEncoder,
     ScaledL2Norm,
-    classification_head,
     drop_tokens_at_random,
     grid_side,
     masked_mean,
@@ -57,9 +63,29 @@ from mmf_fashionvil.rng import batch_generator
 TASKS_WITH_HEADS = ("itm", "mlm", "mpfc", "pac", "scr", "ocir")
 
 
+class BatchIndices:
+    """Named index tensors of a batch that are not batch-sized (a SampleList field must be);
+    ``SampleList.to`` / ``pin_memory`` move them with the batch."""
+
+    def __init__(self, **tensors):
+        self._tensors = tensors
+        self.__dict__.update(tensors)
+
+    def to(self, device, non_blocking=False):
+        return BatchIndices(**{name: tensor.to(device, non_blocking=non_blocking)
+                               for name, tensor in self._tensors.items()})
+
+    def pin_memory(self):
+        return BatchIndices(**{name: t.pin_memory() for name, t in self._tensors.items()})
+
+
 @registry.register_model("fashionvil")
 class FashionViL(BaseModel):
     """FashionViL: ResNet grid image encoder + one BERT used as text and fusion encoder."""
+
+    # What checkpoint.resume_pretrained must load in full by default (training/checkpoints.py
+    # RequiredWeights): the backbone and the transformer; projections and heads may be new.
+    pretrained_core_prefixes = ("image_encoder", "visual_projection", "embeddings", "encoder")
 
     @classmethod
     def config_path(cls):
@@ -74,13 +100,19 @@ class FashionViL(BaseModel):
         pretrained_bert = (assets.load_pretrained_bert(settings.bert.pretrained)
                            if settings.bert.pretrained is not None else None)
         self.bert_config = self._bert_config(pretrained_bert)
-        width, embedding_dim = self.bert_config.hidden_size, settings.embedding_dim
+        width = self.bert_config.hidden_size
+        # embedding_dim null: no f / g projection, the joint space is the transformer width
+        # (the authors' code); else linear maps into an embedding_dim space.
+        self.embedding_dim = embedding_dim = settings.embedding_dim or width
 
         self.visual_projection = nn.Linear(self.image_encoder.out_channels, width)
         self.embeddings = FashionViLEmbeddings(self.bert_config, grid_side(image.image_size) ** 2)
         self.encoder = BertEncoder(self.bert_config)
-        self.image_projection = nn.Linear(width, embedding_dim)  # g (image and composed side)
-        self.text_projection = nn.Linear(width, embedding_dim)  # f
+        if settings.embedding_dim is None:
+            self.image_projection, self.text_projection = nn.Identity(), nn.Identity()
+        else:
+            self.image_projection = nn.Linear(width, embedding_dim)  # g (image, composed side)
+            self.text_projection = nn.Linear(width, embedding_dim)  # f
         self.embedding_norm = ScaledL2Norm(settings.initial_scale)
         # The frozen MPFC target tokenizer is kept outside the module tree (set past
         # nn.Module.__setattr__): it is not trained, so it stays out of the parameters
@@ -98,6 +130,10 @@ class FashionViL(BaseModel):
         if pretrained_bert is not None:
             self.embeddings.copy_from_bert(pretrained_bert.embeddings)
             self.encoder.load_state_dict(pretrained_bert.encoder.state_dict())
+            if hasattr(self, "pooler") and pretrained_bert.pooler is not None:
+                self.pooler[0].load_state_dict(pretrained_bert.pooler.dense.state_dict())
+            if hasattr(self, "mlm_head"):
+                self._copy_pretrained_mlm_head(settings.bert.pretrained)
         if image.pretrained is not None:
             state_dict = assets.load_resnet_state_dict(image.arch, image.pretrained)
             self.image_encoder.load_torchvision_state_dict(
@@ -130,28 +166,45 @@ class FashionViL(BaseModel):
     def _build_task_heads(self, width, embedding_dim):
         """Heads exist only for the tasks being trained."""
         tasks, heads = set(self.training_tasks), self.settings.heads
-        if "itm" in tasks or heads.itm_rerank_top_k > 0:
-            self.itm_head = nn.Linear(width, 2)  # on the FE [CLS] output
+        itm_kept = "itm" in tasks or heads.itm_rerank_top_k > 0
+        if itm_kept or "scr" in tasks:
+            # BERT's pooler (dense + tanh on the FE [CLS] output), shared by ITM and SCR as
+            # in the authors' code; initialised from the pretrained BERT's pooler.
+            self.pooler = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+        if itm_kept:
+            self.itm_head = nn.Linear(width, 2)  # on the pooled FE [CLS] output
             if "itm" not in tasks:
                 # Kept for re-ranking only (weights from the pre-trained checkpoint): frozen,
                 # so fine-tuning leaves it as pre-trained and DDP expects no gradient for it.
                 self.itm_head.requires_grad_(False)
+                if "scr" not in tasks:
+                    self.pooler.requires_grad_(False)
         if "mlm" in tasks:
             self.mlm_head = BertOnlyMLMHead(self.bert_config)
         if "mpfc" in tasks:
             # on FE visual outputs, one class per tokenizer code
-            self.mpfc_head = nn.Linear(width, self.image_tokenizer.codebook_size)
+            self.mpfc_head = self._transform_and_linear(self.image_tokenizer.codebook_size)
         if "pac" in tasks:
             self.pac_head = CosineClassifier(
                 embedding_dim, heads.pac_num_attributes, heads.pac_initial_logit_scale
             )
         if "scr" in tasks:
-            self.scr_head = classification_head(width, heads.scr_num_classes)
+            self.scr_head = self._transform_and_linear(heads.scr_num_classes)
         if "ocir" in tasks:
             self.ocir_head = CategorySubspaceHead(
                 embedding_dim, heads.ocir_num_categories, heads.ocir_num_subspaces,
                 heads.ocir_use_text,
             )
+
+    def _transform_and_linear(self, num_classes):
+        """BERT's prediction-head transform (dense, activation, LayerNorm) then a linear
+        classifier: the authors' MPFC and classification (SCR) heads."""
+        return nn.Sequential(BertPredictionHeadTransform(self.bert_config),
+                             nn.Linear(self.bert_config.hidden_size, int(num_classes)))
+
+    def _pooled(self, sequence):
+        """The pooled FE [CLS] output (ITM, SCR)."""
+        return self.pooler(sequence[:, 0])
 
     def _load_image_tokenizer(self):
         """The frozen VQ-VAE whose codes are the MPFC targets (SPEC §2, §9), checked against
@@ -194,6 +247,21 @@ class FashionViL(BaseModel):
             nn.init.normal_(module.weight, std=std)
         elif isinstance(module, FashionViLEmbeddings):
             nn.init.normal_(module.visual_type_embedding, std=std)
+
+    @torch.no_grad()
+    def _copy_pretrained_mlm_head(self, name_or_path):
+        """The pretrained BERT's own MLM head (transform and output bias), as the authors'
+        code starts from, where its checkpoint has one (a sentence encoder has none: the
+        head then stays freshly initialised); the decoder stays tied to the word embeddings."""
+        from transformers import BertForMaskedLM
+
+        pretrained, info = BertForMaskedLM.from_pretrained(
+            os.path.expanduser(str(name_or_path)), output_loading_info=True)
+        if any(key.startswith("cls.") for key in info["missing_keys"]):
+            return
+        head, ours = pretrained.cls.predictions, self.mlm_head.predictions
+        ours.transform.load_state_dict(head.transform.state_dict())
+        ours.bias.copy_(head.bias)
 
     def _tie_mlm_head(self):
         predictions = self.mlm_head.predictions
@@ -291,7 +359,8 @@ class FashionViL(BaseModel):
                            "mvc": self.forward_mvc}
         if task not in random_branches:
             raise NotImplementedError(f"FashionViL has no forward branch for task '{task}' yet")
-        return random_branches[task](sample_list, batch_generator())
+        generator = batch_generator(sample_list["image"].device, sample_list.get("random_seed"))
+        return random_branches[task](sample_list, generator)
 
     def _head(self, task):
         head = getattr(self, f"{task}_head", None)
@@ -326,7 +395,7 @@ class FashionViL(BaseModel):
         """How strongly the ITM head says each (text, image) pair matches: logit(match) -
         logit(no match) on FE([w; v]) [CLS], for re-ranking retrieval candidates.
         ``visual_tokens`` [P, N, H] as ``encode_image`` returns them."""
-        logits = self._head("itm")(self.fuse(input_ids, input_mask, visual_tokens)[:, 0])
+        logits = self._head("itm")(self._pooled(self.fuse(input_ids, input_mask, visual_tokens)))
         return logits[:, 1] - logits[:, 0]
 
     def forward_itm(self, sample_list, generator):
@@ -354,9 +423,9 @@ class FashionViL(BaseModel):
             length = input_ids.size(1)
             all_ids, all_mask = all_texts[:, :length], all_texts[:, length:2 * length]
             all_products, all_ranks = all_texts[:, -2], all_texts[:, -1]
-            first_row = int((all_ranks < get_rank()).sum())
-            positives = torch.arange(first_row, first_row + len(product_ids),
-                                     device=input_ids.device)
+            # This rank's rows follow every row of the lower ranks (counted on the device).
+            positives = ((all_ranks < get_rank()).sum()
+                         + torch.arange(len(product_ids), device=input_ids.device))
             negatives = hard_negative_indices(
                 image_embedding.detach() @ all_text_embedding.t(), positives, product_ids,
                 all_products, generator,
@@ -364,20 +433,21 @@ class FashionViL(BaseModel):
         pair_ids = torch.cat([input_ids, all_ids[negatives]])
         pair_mask = torch.cat([input_mask, all_mask[negatives].to(input_mask)])
         pair_visual = torch.cat([visual_tokens, visual_tokens])
-        cls_output = self.fuse(pair_ids, pair_mask, pair_visual)[:, 0]
+        pooled = self._pooled(self.fuse(pair_ids, pair_mask, pair_visual))
         batch = len(product_ids)
-        labels = torch.cat([torch.ones(batch), torch.zeros(batch)]).long()
-        return {"itm_logits": self._head("itm")(cls_output),
-                "itm_labels": labels.to(input_ids.device)}
+        labels = (torch.arange(2 * batch, device=input_ids.device) < batch).long()
+        return {"itm_logits": self._head("itm")(pooled),
+                "itm_labels": labels}
 
     def forward_mlm(self, sample_list):
-        """MLM: FE([masked w; v]) -> the tied MLM head, evaluated at the masked text
-        positions only (a [B, L, V] logit tensor would be ~7x larger for nothing). The
+        """MLM: FE([masked w; v]) -> the tied MLM head at every text position. The
         whole-word masks come with the batch: ``masked_input_ids`` and ``lm_label_ids``
         (-100 where not masked), drawn by the text processor (its ``mlm_mask_prob``).
 
-        ``mlm_logits`` [M, V] and ``mlm_labels`` [M] list the M masked positions of the
-        batch in row-major order.
+        ``mlm_logits`` [B, L, V] and ``mlm_labels`` [B, L] (-100 = not masked; the loss
+        skips them). Selecting the masked positions first would save head compute but size
+        a tensor from the data, which makes every step wait for the GPU (and torch.compile
+        break its graph).
         """
         masked_input_ids = self._field(
             sample_list, "masked_input_ids", "mlm", "set mlm_mask_prob in the dataset's "
@@ -385,19 +455,16 @@ class FashionViL(BaseModel):
         labels = self._field(sample_list, "lm_label_ids", "mlm", "see masked_input_ids")
         visual_tokens, _ = self.encode_image(sample_list["image"])
         sequence = self.fuse(masked_input_ids, sample_list["input_mask"], visual_tokens)
-        masked = labels != IGNORE_INDEX
         text_outputs = sequence[:, : masked_input_ids.size(1)]
-        return {"mlm_logits": self._head("mlm")(text_outputs[masked]),
-                "mlm_labels": labels[masked]}
+        return {"mlm_logits": self._head("mlm")(text_outputs), "mlm_labels": labels}
 
     def mpfc_patch_mask(self, image, generator):
         """BoolTensor [B, h * w] (True = masked, row-major) of block-wise masks (masking.py)
         over the image encoder's grid, ``heads.mpfc.mask_ratio`` of the patches each."""
         grid_h, grid_w = grid_side(image.size(2)), grid_side(image.size(3))
-        masks = [block_patch_mask(grid_h, grid_w, generator,
-                                  mask_ratio=self.settings.heads.mpfc_mask_ratio)
-                 for _ in range(len(image))]
-        return torch.stack(masks).to(image.device)
+        masks = block_patch_mask(grid_h, grid_w, generator, num_masks=len(image),
+                                 mask_ratio=self.settings.heads.mpfc_mask_ratio)
+        return masks.to(image.device)
 
     def mpfc_targets(self, image):
         """Code ids [B, N] of the frozen image tokenizer for the full images, computed in
@@ -469,11 +536,11 @@ class FashionViL(BaseModel):
                 "pac_labels": labels.float()}
 
     def forward_scr(self, sample_list):
-        """SCR ((sub)category recognition): FE([w; v]) [CLS] -> scr_head -> ``scores`` [B, C]
-        (single stream, SPEC §3); the classification loss takes ``sample_list.targets``."""
+        """SCR ((sub)category recognition): pooled FE([w; v]) [CLS] -> scr_head -> ``scores``
+        [B, C] (single stream, SPEC §3); the classification loss takes ``sample_list.targets``."""
         visual_tokens, _ = self.encode_image(sample_list["image"])
         sequence = self.fuse(sample_list["input_ids"], sample_list["input_mask"], visual_tokens)
-        return {"scores": self._head("scr")(sequence[:, 0])}
+        return {"scores": self._head("scr")(self._pooled(sequence))}
 
     def forward_tgir(self, sample_list):
         """TGIR (SPEC §3, early-fusion two-stream): the composed embedding of the
@@ -492,21 +559,21 @@ class FashionViL(BaseModel):
             return {"composed_embedding": self.compose(input_ids, input_mask, image),
                     "target_embedding": target_embedding}
         is_query = self._field(sample_list, "is_query", "tgir").view(-1).bool()
+        batch = len(is_query)  # evaluation only: reading the rows back is fine here
         composed = self._embed_rows(
-            is_query, lambda rows: self.compose(input_ids[rows], input_mask[rows], image[rows]))
-        gallery = self._embed_rows(~is_query, lambda rows: self.encode_image(image[rows])[1])
+            is_query.nonzero().flatten(), batch,
+            lambda rows: self.compose(input_ids[rows], input_mask[rows], image[rows]))
+        gallery = self._embed_rows((~is_query).nonzero().flatten(), batch,
+                                   lambda rows: self.encode_image(image[rows])[1])
         return {"composed_embedding": composed, "image_embedding": gallery}
 
-    def _embed_rows(self, rows, embed):
-        """[B, D] embeddings: ``embed(rows)`` at the rows where the bool mask ``rows`` [B]
-        is set, zeros elsewhere (nothing is computed for an empty selection)."""
-        width = self.image_projection.out_features
-        if not rows.any():
-            return torch.zeros(len(rows), width, device=rows.device)
+    def _embed_rows(self, rows, num_rows, embed):
+        """[num_rows, D] embeddings: ``embed(rows)`` at the row indices ``rows`` (LongTensor),
+        zeros elsewhere (nothing is computed for an empty selection)."""
+        if len(rows) == 0:
+            return torch.zeros(num_rows, self.embedding_dim, device=rows.device)
         selected = embed(rows)
-        embeddings = selected.new_zeros(len(rows), width)
-        embeddings[rows] = selected
-        return embeddings
+        return selected.new_zeros(num_rows, selected.size(-1)).index_copy(0, rows, selected)
 
     def ocir_item_features(self, images, input_ids=None, input_mask=None):
         """FashionViL features [N, D] of N Polyvore items: the image embedding IE(v), plus
@@ -527,20 +594,20 @@ class FashionViL(BaseModel):
         category = self._field(sample_list, "category", "ocir").view(-1).long()
         outfit_mask = self._field(sample_list, "outfit_mask", "ocir").bool()
         outfit_categories = self._field(sample_list, "outfit_categories", "ocir").long()
-        has_item = self._field(sample_list, "has_item", "ocir").view(-1).bool()
-        head.check_categories(category, outfit_categories[outfit_mask])
-        images = torch.cat([self._field(sample_list, "outfit_images", "ocir")[outfit_mask],
-                            self._field(sample_list, "item_image", "ocir")[has_item]])
+        layout = sample_list.get("ocir_layout") or self.ocir_layout(sample_list)  # or direct call
+        slots, outfit_rows, item_rows = layout.outfit_slots, layout.outfit_rows, layout.item_rows
+        images = torch.cat([self._field(sample_list, "outfit_images", "ocir").flatten(0, 1)[slots],
+                            self._field(sample_list, "item_image", "ocir")[item_rows]])
         texts = {}
         if head.use_text:
             texts = {key: torch.cat([
-                self._field(sample_list, f"outfit_{key}", "ocir")[outfit_mask],
-                self._field(sample_list, f"item_{key}", "ocir")[has_item],
+                self._field(sample_list, f"outfit_{key}", "ocir").flatten(0, 1)[slots],
+                self._field(sample_list, f"item_{key}", "ocir")[item_rows],
             ]) for key in ("input_ids", "input_mask")}
         features = self.ocir_item_features(images, **texts)
-        num_outfit_items = int(outfit_mask.sum())
-        outfit_features = features.new_zeros(*outfit_mask.shape, features.size(-1))
-        outfit_features[outfit_mask] = features[:num_outfit_items]
+        num_outfit_items = len(slots)
+        outfit_features = features.new_zeros(outfit_mask.numel(), features.size(-1)).index_copy(
+            0, slots, features[:num_outfit_items]).view(*outfit_mask.shape, -1)
 
         def embed_outfits(rows):
             return self.embedding_norm(head.outfit(
@@ -549,15 +616,37 @@ class FashionViL(BaseModel):
         def embed_items(rows):
             return self.embedding_norm(head.item(features[num_outfit_items:], category[rows]))
 
-        return {"outfit_embedding": self._embed_rows(outfit_mask.any(1), embed_outfits),
-                "item_embedding": self._embed_rows(has_item, embed_items)}
+        batch = len(category)
+        return {"outfit_embedding": self._embed_rows(outfit_rows, batch, embed_outfits),
+                "item_embedding": self._embed_rows(item_rows, batch, embed_items)}
+
+    def ocir_layout(self, sample_list):
+        """Where an OCIR batch's real items are, as index tensors read from its masks, after
+        checking their categories against the head: ``outfit_slots`` (positions in the
+        flattened [B * M] outfit slots), ``outfit_rows`` (rows with an outfit), ``item_rows``
+        (rows with an item). Reads values: the trainer calls it on the host
+        (:meth:`prepare_batch_on_host`), so that the forward never waits for the device."""
+        outfit_mask = self._field(sample_list, "outfit_mask", "ocir").bool()
+        has_item = self._field(sample_list, "has_item", "ocir").view(-1).bool()
+        category = self._field(sample_list, "category", "ocir").view(-1).long()
+        outfit_categories = self._field(sample_list, "outfit_categories", "ocir").long()
+        self._head("ocir").check_categories(category, outfit_categories[outfit_mask])
+        return BatchIndices(outfit_slots=outfit_mask.flatten().nonzero().flatten(),
+                            outfit_rows=outfit_mask.any(1).nonzero().flatten(),
+                            item_rows=has_item.nonzero().flatten())
+
+    def prepare_batch_on_host(self, sample_list):
+        """Adds the fields that depend on a batch's values while it is still on the host
+        (the trainer calls it before moving the batch to the device): OCIR's layout."""
+        if "outfit_mask" in sample_list and hasattr(self, "ocir_head"):
+            sample_list.ocir_layout = self.ocir_layout(sample_list)
 
     # --------------------------------------------------------------- optimizer
     def get_optimizer_parameters(self, config):
-        """Param groups (called by MMF with the global config): the transformer at the
-        base lr, everything else (image encoder, visual projection, projections, scale,
-        task heads) at lr * lr_multiplier; no weight decay on biases, LayerNorm and
-        scalars (the scales)."""
+        """Param groups (called by MMF with the global config): the transformer (and BERT's
+        pooler) at the base lr, everything else (image encoder, visual projection,
+        projections, scale, task heads) at lr * lr_multiplier; no weight decay on biases,
+        LayerNorm and scalars (the scales)."""
         params = config.get("optimizer", {}).get("params", {})
         if params.get("lr") is None:
             raise ValueError("get_optimizer_parameters needs optimizer.params.lr in the config")
@@ -569,7 +658,10 @@ class FashionViL(BaseModel):
             for name, parameter in module.named_parameters(recurse=False):
                 if name == "bias" or isinstance(module, nn.LayerNorm):
                     no_decay.add(id(parameter))
-        transformer = {id(p) for p in [*self.embeddings.parameters(), *self.encoder.parameters()]}
+        # BERT's pooler trains with the transformer, as in the authors' code.
+        pooler = self.pooler.parameters() if hasattr(self, "pooler") else ()
+        transformer = {id(p) for p in [*self.embeddings.parameters(), *self.encoder.parameters(),
+                                       *pooler]}
 
         groups = {}  # (part, decays) -> param group
         for part, part_lr in (("transformer", lr), ("heads", lr * multiplier)):

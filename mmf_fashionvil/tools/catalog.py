@@ -26,9 +26,12 @@ def fashiongen_split(data_dir, split="val", config=None):
         raise DataError(f"--split {split}: the run's FashionGen splits are "
                         f"{sorted(dataset.annotations)}")
     allow_outside = bool(dataset.get("allow_images_outside_root", False))
-    return root, split_products(dataset, split,
-                                lambda annotation: ProductDatabase(root, str(annotation),
-                                                                   allow_outside))
+
+    def read_split(name):
+        return ProductDatabase(root, str(dataset.annotations[name]), allow_outside,
+                               os.path.join(root, str(dataset.images[name])))
+
+    return root, split_products(dataset, split, read_split)
 
 
 def category_names(root, kind="category"):

@@ -133,10 +133,12 @@ def apply_state_mapping(state_dict, mapping):
     return renamed
 
 
-def load_model_weights(model, state_dict, path, require_all):
+def load_model_weights(model, state_dict, path, require_all, required=None):
     """Copies the entries of ``state_dict`` whose name and shape match into
     ``model``. Returns {"missing", "unexpected", "mismatched"} name lists;
-    with ``require_all`` missing or mis-shaped parameters are an error."""
+    with ``require_all`` missing or mis-shaped parameters are an error.
+    ``required`` (a :class:`RequiredWeights`) refuses a checkpoint that fits too little of
+    the model, before anything is copied."""
     if hasattr(model, "format_state_key"):
         state_dict = {model.format_state_key(k): v for k, v in state_dict.items()}
     own = model.state_dict()
@@ -149,9 +151,72 @@ def load_model_weights(model, state_dict, path, require_all):
             f"Checkpoint '{path}' does not fit the model: missing {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''}, shape mismatch {mismatched[:10]}"
         )
+    if required is not None:
+        required.check(model, matched, state_dict, path)
     # Bypass BaseModel.load_state_dict: keys are formatted above already.
     torch.nn.Module.load_state_dict(model, matched, strict=False)
     return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+
+
+class RequiredWeights:
+    """What a checkpoint loaded with ``checkpoint.resume_pretrained`` must fit, so that a
+    checkpoint with other names (e.g. the authors' release before conversion) stops the
+    run instead of leaving the model freshly initialised.
+
+    The core = the model's parameters under ``prefixes`` (config ``checkpoint.pretrained_core``;
+    null: the model's ``pretrained_core_prefixes``, for FashionViL the image encoder and the
+    transformer). At least ``min_share`` of the core's parameter elements must load
+    (``checkpoint.pretrained_min_share``). A model without a core (no prefixes) only needs
+    one parameter to load."""
+
+    SHOWN = 10  # unmatched names listed in the error
+
+    def __init__(self, min_share=None, prefixes=None):
+        self.min_share = 1.0 if min_share is None else float(min_share)
+        if not 0.0 <= self.min_share <= 1.0:
+            raise ValueError(f"checkpoint.pretrained_min_share must be in [0, 1], got {min_share}")
+        self.prefixes = None if prefixes is None else tuple(str(p) for p in prefixes)
+
+    def core_prefixes(self, model):
+        if self.prefixes is not None:
+            return self.prefixes
+        return tuple(getattr(model, "pretrained_core_prefixes", ()))
+
+    def check(self, model, matched, state_dict, path):
+        prefixes = self.core_prefixes(model)
+        parameters = dict(model.named_parameters())
+        core = {name: p for name, p in parameters.items()
+                if any(name == prefix or name.startswith(f"{prefix}.") for prefix in prefixes)}
+        if prefixes and not core:
+            raise ValueError(f"checkpoint.pretrained_core={list(prefixes)} names no parameter "
+                             "of the model")
+        if core:
+            loaded = sum(p.numel() for name, p in core.items() if name in matched)
+            share = loaded / sum(p.numel() for p in core.values())
+            if share >= self.min_share:
+                return
+            what = (f"{share:.1%} of the parameters of {list(prefixes)} "
+                    f"(checkpoint.pretrained_min_share={self.min_share})")
+            unmatched = [name for name in core if name not in matched]
+        else:
+            if any(name in matched for name in parameters):
+                return
+            what = "none of the model's parameters"
+            unmatched = list(parameters)
+        shown = [f"{name} {tuple(parameters[name].shape)}"
+                 + (f" (checkpoint: {tuple(state_dict[name].shape)})" if name in state_dict
+                    else "") for name in unmatched[:self.SHOWN]]
+        examples = list(state_dict)[:self.SHOWN]
+        raise ValueError(
+            f"Checkpoint '{path}' fits {what}; refusing to train from a mostly fresh model. "
+            f"Not loaded ({len(unmatched)}): {', '.join(shown)}"
+            f"{' ...' if len(unmatched) > self.SHOWN else ''}. The checkpoint's names begin "
+            f"{examples}. The authors' released FashionViL checkpoint must be converted first: "
+            "`python -m mmf_fashionvil.convert --checkpoint fashionvil_final.pth --out "
+            "fashionvil_converted.ckpt`; another checkpoint's names can be mapped with "
+            "checkpoint.pretrained_state_mapping; to load a part on purpose, lower "
+            "checkpoint.pretrained_min_share or set checkpoint.pretrained_core"
+        )
 
 
 def save_numbered_checkpoint(state, save_dir, update, keep):

@@ -10,6 +10,7 @@ from mmf.common.registry import registry
 from omegaconf import OmegaConf
 
 from mmf_fashionvil import distributed
+from mmf_fashionvil.metrics.ranking import evaluation_device
 from mmf_fashionvil.modeling.losses import drop_skipped
 from mmf_fashionvil.training.run_log import to_float
 
@@ -98,6 +99,7 @@ def evaluate_split(model, batches, metrics, prefix, autocast):
     total = sum(part["num_samples"] for part in everyone)
     report = None
     if distributed.is_main_process():
+        device = next(model.parameters()).device
         split = prefix.split("/")[0]
         losses, diagnostics = {}, {}
         for part in everyone:  # sample-weighted means over all ranks' batches
@@ -111,11 +113,13 @@ def evaluate_split(model, batches, metrics, prefix, autocast):
         for name, metric in metrics.items():
             if name in gathered:
                 rows = deduplicate_by_sample_index(gathered[name])
-                if getattr(metric, "needs_model", False):
-                    with autocast():
-                        result = metric.compute(rows, model=model)
-                else:
-                    result = metric.compute(rows)
+                # Rankings run on the model's device (the GPU when there is one).
+                with evaluation_device(device):
+                    if getattr(metric, "needs_model", False):
+                        with autocast():
+                            result = metric.compute(rows, model=model)
+                    else:
+                        result = metric.compute(rows)
                 if isinstance(result, dict):
                     values.update({f"{prefix}/{name}/{k}": to_float(v) for k, v in result.items()})
                 else:

@@ -1,6 +1,7 @@
 """Optimization in the fashionvil_trainer: the optimizer (``optimizer.type`` / ``.params``,
 param groups from the model), the learning-rate schedules (``scheduler.type`` / ``.params``)
 and one optimizer step (unscale, clip, step)."""
+import inspect
 import math
 
 import torch
@@ -9,21 +10,24 @@ from mmf.utils.general import get_optimizer_parameters
 from omegaconf import OmegaConf
 
 SCHEDULES = ("warmup_linear", "warmup_cosine", "warmup_multistep")
-SCHEDULE_PARAMS = {"num_warmup_steps", "num_training_steps", "milestones", "gamma"}
+SCHEDULE_PARAMS = {"num_warmup_steps", "num_training_steps", "milestones", "gamma",
+                   "warmup_start_factor"}
 
 
 def schedule_factor(kind, update, num_warmup_steps=0, num_training_steps=None,
-                    milestones=(), gamma=0.1):
+                    milestones=(), gamma=0.1, warmup_start_factor=0.0):
     """Multiplier of the base lr for optimizer update ``update`` (0 = the first).
 
-    Warm-up (update < W): (update + 1) / W, so no update runs with lr 0 and
-    update W-1 reaches the base lr. After warm-up, with T = num_training_steps:
+    Warm-up (update < W), with start factor s: s + (1 - s) * (update + 1) / W, a line from
+    s (MMF's ``warmup_factor``; the authors pre-train with 0.25) to 1, so no update runs
+    with lr 0 and update W-1 reaches the base lr. After warm-up, with T = num_training_steps:
     warmup_linear (T - update) / (T - W); warmup_cosine
     0.5 * (1 + cos(pi * (update - W) / (T - W))); warmup_multistep
     gamma ** (number of milestones <= update).
     """
     if update < num_warmup_steps:
-        return (update + 1) / num_warmup_steps
+        rise = (update + 1) / num_warmup_steps
+        return warmup_start_factor + (1.0 - warmup_start_factor) * rise
     if kind == "warmup_multistep":
         return gamma ** sum(1 for milestone in milestones if update >= milestone)
     progress = min(1.0, (update - num_warmup_steps) / (num_training_steps - num_warmup_steps))
@@ -58,6 +62,9 @@ def build_lr_scheduler(optimizer, scheduler_config, max_updates):
     total = int(params.get("num_training_steps") or max_updates)
     milestones = sorted(int(m) for m in params.get("milestones", []))
     gamma = float(params.get("gamma", 0.1))
+    start = float(params.get("warmup_start_factor", 0.0))
+    if not 0.0 <= start <= 1.0:
+        raise ValueError(f"scheduler '{kind}': warmup_start_factor must be in [0, 1], got {start}")
     if warmup < 0 or (kind != "warmup_multistep" and total <= warmup):
         raise ValueError(
             f"scheduler '{kind}': need 0 <= num_warmup_steps ({warmup}) < "
@@ -65,7 +72,7 @@ def build_lr_scheduler(optimizer, scheduler_config, max_updates):
         )
 
     def factor(update):
-        return schedule_factor(kind, update, warmup, total, milestones, gamma)
+        return schedule_factor(kind, update, warmup, total, milestones, gamma, start)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -87,7 +94,25 @@ def build_optimizer(model, config):
         raise ValueError(
             f"optimizer.type '{kind}' is neither in torch.optim nor registered ({known})"
         )
+    if "fused" not in params and _takes_fused(optimizer_class, model):
+        # One kernel per step for all parameters, and the step counts stay on the device
+        # (the unfused CPU path reads them back every step). optimizer.params.fused=false
+        # turns it off.
+        params["fused"] = True
     return optimizer_class(get_optimizer_parameters(model, config), **params)
+
+
+def _takes_fused(optimizer_class, model):
+    """Whether torch's ``optimizer_class`` has a fused implementation for the device of the
+    model's floating-point parameters (Adam, AdamW, SGD on CUDA and CPU)."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    if optimizer_class.__module__.split(".")[:2] != ["torch", "optim"]:
+        return False
+    if "fused" not in inspect.signature(optimizer_class.__init__).parameters:
+        return False
+    devices = {p.device.type for p in model.parameters() if p.is_floating_point()}
+    return len(devices) == 1 and devices <= set(_get_fused_kernels_supported_devices())
 
 
 def optimizer_step(optimizer, parameters, scaler=None, max_grad_norm=None):

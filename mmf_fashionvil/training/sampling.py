@@ -1,6 +1,7 @@
 """Batches of the fashionvil_trainer: a resumable distributed sampler for training, an
 unpadded, sharded one for evaluation, and the data loaders built on them."""
 import math
+import os
 
 import numpy as np
 import torch
@@ -17,6 +18,10 @@ class TrainBatchSampler:
     with b = B / world_size. The last incomplete global batch is dropped. The
     samples of an update therefore do not depend on the number of ranks, and a
     resumed epoch starts at batch ``start_batch`` without loading the others.
+
+    It yields (epoch, index) pairs, which :class:`EpochItems` turns into items: the epoch
+    travels with every index, so persistent loader workers (each with its own copy of the
+    dataset) draw each item's randomness for the right epoch.
     """
 
     def __init__(self, num_samples, global_batch_size, rank, world_size, seed):
@@ -43,7 +48,7 @@ class TrainBatchSampler:
         order = torch.randperm(self.num_samples, generator=generator)
         for step in range(self.start_batch, self.batches_per_epoch):
             begin = step * self.global_batch_size + self.rank * self.batch_size
-            yield order[begin : begin + self.batch_size].tolist()
+            yield [(self.epoch, index) for index in order[begin : begin + self.batch_size].tolist()]
 
 
 class EvalBatchSampler:
@@ -70,10 +75,48 @@ class EvalBatchSampler:
         return iter(self.batches)
 
 
+class EpochItems(torch.utils.data.Dataset):
+    """``dataset`` indexed by the (epoch, index) pairs of :class:`TrainBatchSampler`: sets
+    the dataset's epoch (its ``set_epoch``, which seeds per-item randomness) before reading
+    the item."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, epoch_and_index):
+        epoch, index = epoch_and_index
+        if hasattr(self.dataset, "set_epoch") and getattr(self.dataset, "epoch", None) != epoch:
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+def loader_workers(configured, device):
+    """``training.num_workers`` as a number: an int as given; ``auto`` = this rank's share of
+    the CPU cores left after its compute threads (on CPU, torch's intra-op threads; on a
+    GPU, one core drives the device), at least 0. On 2 CPU cores, with torch using both,
+    that is 0: workers there slow the model's compute (measured 1.9x per update) more than
+    they overlap loading."""
+    if str(configured).lower() != "auto":
+        workers = int(configured)
+        if workers < 0:
+            raise ValueError(f"training.num_workers must be >= 0 or auto, got {workers}")
+        return workers
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    compute_threads = 1 if device.type == "cuda" else torch.get_num_threads()
+    return max(0, cores // ranks_here - compute_threads)
+
+
 def build_loader(dataset, dataset_name, split, global_batch_size, rank, world_size, seed,
                  num_workers, pin_memory):
     """A DataLoader of ``split`` collated into MMF SampleLists: resumable shuffled batches
-    (:class:`TrainBatchSampler`) for train, sharded ones (:class:`EvalBatchSampler`) else."""
+    (:class:`TrainBatchSampler`) for train, sharded ones (:class:`EvalBatchSampler`) else.
+    Workers, when there are any, stay alive across epochs and evaluations (re-creating
+    them stalls the first batches)."""
+    collate_fn = BatchCollator(getattr(dataset, "dataset_name", dataset_name), split)
     if split == "train":
         sampler = TrainBatchSampler(len(dataset), global_batch_size, rank, world_size, seed)
         if sampler.batches_per_epoch == 0:
@@ -81,15 +124,17 @@ def build_loader(dataset, dataset_name, split, global_batch_size, rank, world_si
                 f"The train split of {dataset_name} has {len(dataset)} samples, fewer than "
                 f"one global batch ({global_batch_size})"
             )
+        dataset = EpochItems(dataset)
     else:
         sampler = EvalBatchSampler(len(dataset), global_batch_size // world_size, rank,
                                    world_size)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=BatchCollator(getattr(dataset, "dataset_name", dataset_name), split),
+        collate_fn=collate_fn,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
         # Its own generator: creating an iterator must not consume the global RNG
         # (exact resume).
         generator=torch.Generator(),

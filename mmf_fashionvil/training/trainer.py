@@ -31,10 +31,17 @@ from omegaconf import OmegaConf, open_dict
 
 from mmf_fashionvil import CONFIGS_DIR, distributed
 from mmf_fashionvil.modeling.losses import drop_skipped
-from mmf_fashionvil.rng import LOADER_STREAM, capture_rng_state, derived_seed, restore_rng_state
+from mmf_fashionvil.rng import (
+    LOADER_STREAM,
+    MODEL_STREAM,
+    capture_rng_state,
+    derived_seed,
+    restore_rng_state,
+)
 from mmf_fashionvil.tasks import draw_task, parse_tasks
 from mmf_fashionvil.training.checkpoints import (
     CHECKPOINT_FORMAT,
+    RequiredWeights,
     apply_state_mapping,
     load_model_weights,
     model_state_from_checkpoint,
@@ -62,7 +69,7 @@ from mmf_fashionvil.training.safety import (
     check_trainer_keys,
     parameters_are_finite,
 )
-from mmf_fashionvil.training.sampling import build_loader
+from mmf_fashionvil.training.sampling import build_loader, loader_workers
 
 MMF_DEFAULTS_YAML = os.path.join(CONFIGS_DIR, "mmf_defaults.yaml")
 
@@ -76,8 +83,9 @@ class FashionViLTrainer:
     model_config.<model> (+ training_tasks, task_probabilities, pretrained_checkpoint);
     dataset_config.<dataset>; env.save_dir; training.{seed, batch_size (global),
     update_frequency, max_updates, max_epochs (whichever comes first), log_interval,
-    checkpoint_interval, evaluation_interval, num_workers, pin_memory, device (cuda = when
-    available), amp.{enabled, dtype}, clip_gradients, max_grad_l2_norm,
+    checkpoint_interval, evaluation_interval, num_workers (auto: see sampling.loader_workers),
+    pin_memory, device (cuda = when available), deterministic, compile, channels_last,
+    amp.{enabled, dtype}, clip_gradients, max_grad_l2_norm,
     find_unused_parameters, progress_bar, exit_on_nan, best_metric, best_metric_minimize,
     early_stop.{enabled, criteria, minimize, patience}}; optimizer.{type, params};
     scheduler.{type, params}; evaluation.{metrics, batch_size (null: training.batch_size)};
@@ -91,6 +99,21 @@ class FashionViLTrainer:
     like the losses (over micro-batches, the log interval and the ranks in training,
     sample-weighted in evaluation) and logged under "diagnostics".
     """
+
+    @classmethod
+    def loaded_from_options(cls, opts):
+        """A loaded trainer, in training mode, from ``mmf_run``-style ``key=value`` options:
+        for programs that drive single steps (the throughput benchmark, tests)."""
+        import argparse
+
+        from mmf.utils.configuration import Configuration
+
+        args = argparse.Namespace(opts=list(opts), config_override=None)
+        trainer = cls(Configuration(args).get_config())
+        trainer.load()
+        trainer.model.train()
+        trainer._train_iterator = None
+        return trainer
 
     def __init__(self, config):
         # mmf_run's config is merged onto the defaults already; a config built in Python
@@ -222,9 +245,11 @@ class FashionViLTrainer:
         random.seed(seed)
         self.seed = seed
         registry.register("seed", seed)
-        if self._get("training.seed") is not None:
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.benchmark = False
+        # Separate from the seed: deterministic cuDNN kernels cost speed; benchmark mode picks
+        # the fastest convolution algorithms (results then vary in the last bits).
+        deterministic = bool(self._get("training.deterministic"))
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
 
     def _build_datasets(self):
         names = self._get("datasets") or ""
@@ -278,7 +303,8 @@ class FashionViLTrainer:
         for split, dataset in self.datasets.items():
             self.loaders[split] = build_loader(
                 dataset, name, split, batch_size if split == "train" else eval_batch_size,
-                self.rank, self.world_size, self.seed, int(self._get("training.num_workers")),
+                self.rank, self.world_size, self.seed,
+                loader_workers(self._get("training.num_workers"), self.device),
                 bool(self._get("training.pin_memory")) and self.device.type == "cuda",
             )
         if self.training:
@@ -318,7 +344,9 @@ class FashionViLTrainer:
             state = apply_state_mapping(
                 state, self._get("checkpoint.pretrained_state_mapping")
             )
-        report = load_model_weights(self.model, state, path, require_all)
+        required = None if require_all else RequiredWeights(
+            self._get("checkpoint.pretrained_min_share"), self._get("checkpoint.pretrained_core"))
+        report = load_model_weights(self.model, state, path, require_all, required)
         for kind, names in report.items():
             if names:
                 shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
@@ -346,10 +374,10 @@ class FashionViLTrainer:
                   "fp16": torch.float16, "float16": torch.float16}
         if name not in dtypes:
             raise ValueError(f"training.amp.dtype must be bf16 or fp16, got '{name}'")
-        if self.device.type == "cuda":
-            self.amp_dtype = dtypes[name]
-        else:
-            self._log("training.amp.enabled is ignored on CPU: running in fp32")
+        if self.device.type == "cpu" and dtypes[name] == torch.float16:
+            raise ValueError("training.amp.dtype=fp16 needs a GPU (its loss scaling is CUDA's); "
+                             "use bf16 on CPU")
+        self.amp_dtype = dtypes[name]
 
     def _reset_counters(self):
         self.num_updates = 0
@@ -398,6 +426,14 @@ class FashionViLTrainer:
 
     def _wrap_model(self):
         self.unwrapped_model = self.model
+        image_encoder = getattr(self.model, "image_encoder", None)
+        if (self.device.type == "cuda" and self._get("training.channels_last")
+                and hasattr(image_encoder, "use_channels_last")):
+            image_encoder.use_channels_last()
+        if self._get("training.compile"):
+            # In place (nn.Module.compile): parameter names, and so checkpoints, stay as they
+            # are; rc10's BaseModel computes the losses outside the compiled forward.
+            self.model.compile()
         if self.world_size > 1 and self.training:
             find_unused = bool(self._get("training.find_unused_parameters"))
             if len(self.tasks) > 1 and not find_unused:
@@ -507,9 +543,8 @@ class FashionViLTrainer:
         loader = self.loaders["train"]
         while True:
             if self._train_iterator is None:
+                # The sampler's (epoch, index) pairs set the dataset's epoch (EpochItems).
                 self.train_sampler.set_epoch(self.epoch, self.batches_in_epoch)
-                if hasattr(dataset, "set_epoch"):
-                    dataset.set_epoch(self.epoch)
                 loader.generator.manual_seed(derived_seed(self.seed, self.epoch, LOADER_STREAM))
                 self._train_iterator = iter(loader)
             try:
@@ -523,6 +558,11 @@ class FashionViLTrainer:
             return self._prepare(batch, dataset)
 
     def _prepare(self, batch, dataset):
+        # Fields read from the batch's values are made while it is on the host (free here;
+        # in the forward, on a GPU, reading them would make the step wait for the device).
+        prepare_on_host = getattr(self.unwrapped_model, "prepare_batch_on_host", None)
+        if prepare_on_host is not None:
+            prepare_on_host(batch)
         if hasattr(dataset, "prepare_batch"):
             return dataset.prepare_batch(batch)
         return batch.to(self.device)
@@ -548,6 +588,10 @@ class FashionViLTrainer:
             batch = self._next_train_batch()
             if task is not None:
                 batch.task = task
+            # The model's random draws (masks, negatives): a host value, so no draw waits
+            # for the device, and a function of the position, so a resumed run repeats them.
+            batch.random_seed = derived_seed(self.seed, self.num_updates, micro_step,
+                                             MODEL_STREAM)
             last = micro_step == self.update_frequency - 1
             # Gradients are all-reduced once per update, on the last micro-batch.
             skip_sync = self.world_size > 1 and not last

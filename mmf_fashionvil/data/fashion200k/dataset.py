@@ -51,7 +51,8 @@ def modification_text(source, target):
 class Fashion200kTGIRDataset(FashionDataset):
     def __init__(self, config, dataset_type):
         super().__init__("fashion200k_tgir", config, dataset_type)
-        database = self.read_products(config.annotations[dataset_type])
+        database = self.read_products(config.annotations[dataset_type],
+                                      self.image_folder(config, dataset_type))
         # Flat image list; images of one description share a description id.
         self.image_paths, self.image_description = [], []
         description_ids, self.descriptions = {}, []

@@ -26,14 +26,15 @@ LABEL_KEYS = {"category": "category_id", "subcategory": "subcategory_id"}
 MISSING_ID = -1
 
 
-def split_products(config, dataset_type, read_products):
-    """The products of a FashionGen split (a ProductDatabase), ``read_products(annotation
-    file)`` reading a file: the split's annotation file or, with ``dev_split.fraction`` > 0
-    (train / val), the train file's products outside / inside the held-out set."""
+def split_products(config, dataset_type, read_split):
+    """The products of a FashionGen split (a ProductDatabase), ``read_split(split)`` reading
+    the annotation file of a split (``annotations[split]``, image paths relative to
+    ``images[split]``): the split's own or, with ``dev_split.fraction`` > 0 (train / val),
+    the train file's products outside / inside the held-out set."""
     fraction = float((config.get("dev_split") or {}).get("fraction") or 0.0)
     if not fraction or dataset_type == "test":
-        return read_products(config.annotations[dataset_type])
-    database = read_products(config.annotations.train)
+        return read_split(dataset_type)
+    database = read_split("train")
     held_out = dev_split_indices(len(database), fraction, int(config.dev_split.get("seed", 0)),
                                  database.path)
     if dataset_type == "val":
@@ -47,7 +48,7 @@ class FashionGenDataset(FashionDataset):
     def __init__(self, config, dataset_type):
         super().__init__("fashiongen", config, dataset_type)
         self.dev_fraction = float((config.get("dev_split") or {}).get("fraction") or 0.0)
-        self.database = split_products(config, dataset_type, self.read_products)
+        self.database = split_products(config, dataset_type, self.read_split)
         self.label = config.get("label")
         self.class_ids = None  # SCR: the raw ids, in dense-index order
         if self.label is not None:
@@ -62,8 +63,7 @@ class FashionGenDataset(FashionDataset):
             )
         key = LABEL_KEYS[self.label]
         whole_train_file = self.is_train and not self.dev_fraction
-        train = self.database if whole_train_file else self.read_products(
-            config.annotations.train)
+        train = self.database if whole_train_file else self.read_split("train")
         class_ids = sorted({self._class_id(train, product, key) for product in train.products})
         expected = config.get("num_classes")
         if expected is None or int(expected) != len(class_ids):
@@ -84,6 +84,11 @@ class FashionGenDataset(FashionDataset):
                 )
             labels.append(index_of[class_id])
         return class_ids, labels
+
+    def read_split(self, split):
+        """The products of ``annotations[split]``, images in ``images[split]``."""
+        return self.read_products(self.config.annotations[split],
+                                  self.image_folder(self.config, split))
 
     @staticmethod
     def _class_id(database, product, key):

@@ -5,7 +5,8 @@
   ``fake_data``, ``garment_class`` are ignored); the captions are joined with ", ";
 - ``image_splits/split.{category}.{split}.json``: the asins of the category's split (the
   original per-category gallery);
-- ``images/<asin>.<ext>``: the extension is whatever the folder holds.
+- ``images/<asin>.<ext>``: the extension is whatever the folder (or its store) holds; the
+  folder is ``images`` of the dataset config.
 
 train: one item per triplet: the reference ``image``, the modification text and the
 ``target_image``. val/test: the query rows (reference image + text, ``is_query`` 1) of every
@@ -26,13 +27,15 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TRIPLET_KEYS = ("candidate", "target", "captions")
 
 
-def image_files(folder):
+def image_files(folder, names=None):
     """{asin: path} of the image files in ``folder`` (one listing instead of a probe per
-    asin and extension)."""
-    if not os.path.isdir(folder):
-        raise DataError(f"FashionIQ image folder '{folder}' does not exist")
+    asin and extension), or of ``names`` (the keys of its image store) in it."""
+    if names is None:
+        if not os.path.isdir(folder):
+            raise DataError(f"FashionIQ image folder '{folder}' does not exist")
+        names = os.listdir(folder)
     files = {}
-    for name in sorted(os.listdir(folder)):
+    for name in sorted(names):
         asin, extension = os.path.splitext(name)
         if extension.lower() in IMAGE_EXTENSIONS:
             files.setdefault(asin, os.path.join(folder, name))
@@ -75,7 +78,9 @@ class FashionIQDataset(FashionDataset):
     def __init__(self, config, dataset_type):
         super().__init__("fashioniq", config, dataset_type)
         split = config.annotations[dataset_type]
-        self.image_paths = image_files(os.path.join(self.root, config.get("images_dir", "images")))
+        folder = self.image_folder(config, dataset_type)
+        self.images = self.image_root(folder)
+        self.image_paths = image_files(folder, self.stored_image_names(folder))
         queries, galleries = [], []  # (category index, candidate, target, text) / (index, asin)
         for name in config.categories:
             if name not in FASHIONIQ_CATEGORIES:
@@ -116,7 +121,7 @@ class FashionIQDataset(FashionDataset):
                     f"{path}: entry {position}: image {asin} has no file "
                     f"{asin}{{{','.join(IMAGE_EXTENSIONS)}}} in the image folder"
                 )
-            self.image_root.path(self.image_paths[asin], f"{path}: entry {position}: image {asin}")
+            self.images.path(self.image_paths[asin], f"{path}: entry {position}: image {asin}")
 
     def __len__(self):
         return len(self.queries) + len(self.gallery)

@@ -5,7 +5,7 @@ Files under ``<data_dir>/datasets/PolyvoreOutfits/``:
 - ``ocir_{split}_{train,test}.json`` (split = disjoint | nondisjoint): a list of
   ``{"question": [ids of the outfit's other items], "blank": the removed item id}``; other
   keys (the authors' ``"fake_data"``) are ignored;
-- ``images/<item id>.jpg``.
+- ``images/<item id>.jpg`` (the image folder: ``images`` of the dataset config).
 
 Categories: Polyvore's ``category_id``s are sparse integers (3 ... 4518). The dense index of
 a category is its rank among the distinct ``category_id``s of the whole metadata file, sorted
@@ -99,6 +99,7 @@ class PolyvoreOCIRDataset(FashionDataset):
             raise DataError(f"{metadata_path}: expected a JSON object of item id -> metadata")
         self.category_index = dense_category_index(metadata, metadata_path)
         self.path = os.path.join(self.root, f"ocir_{split}_{config.annotations[dataset_type]}.json")
+        self.images = self.image_root(self.image_folder(config, dataset_type))
         self.items, position_of = [], {}
 
         def item_index(item_id, position):
@@ -126,9 +127,10 @@ class PolyvoreOCIRDataset(FashionDataset):
             raise DataError(f"{where}, which is not in {metadata_path}")
         if entry.get("category_id") is None:
             raise DataError(f"{where}, which has no category_id in {metadata_path}")
-        image = self.image_root.path(os.path.join("images", f"{item_id}.jpg"), where)
-        if not os.path.isfile(image):
-            raise DataError(f"{where}, whose image '{image}' does not exist")
+        image = self.images.path(f"{item_id}.jpg", where)
+        if not self.image_exists(image):
+            raise DataError(f"{where}, whose image '{image}' does not exist"
+                            + (" in its image store" if self.image_store == "lmdb" else ""))
         item = {"id": item_id, "image": image,
                 "category": self.category_index[
                     integer_field(entry, "category_id", f"{metadata_path}: item {item_id}")]}

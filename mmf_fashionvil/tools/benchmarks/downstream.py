@@ -10,35 +10,66 @@ fine-tune from random initialisation, and, with ``--checkpoint`` (e.g. the ablat
 benchmark's six-task pre-training, ``<out>/pretrain_all_six_*/current.ckpt``), a fine-tune
 from it. Every fine-tuned model is evaluated in a separate ``run_type=test`` process from
 its saved checkpoint. Finished runs (named by task, start and update count) are reused.
+The OCIR tables start with the chance row of both conventions (:func:`ocir_chance`).
 With ``--itm-rerank-top-k K`` the XMR runs keep the checkpoint's ITM head (random without
 one) and the table adds R@1 after re-ranking each query's top K with it.
 """
 import argparse
+import json
 import os
 import time
+from collections import Counter, defaultdict
 
+from mmf_fashionvil.data.polyvore.dataset import read_ocir_entries
 from mmf_fashionvil.tools.mmf_runs import CONFIGS, last_eval, markdown_table, metric, mmf_run
 
+# OCIR: the authors' convention (blank-item gallery, mean over categories), then ours (every
+# item, weighted by queries).
+OCIR_COLUMNS = [(f"R@{k}", f"blank_items/mean/r@{k}") for k in (1, 3, 5)] + [
+    (f"all items R@{k}", f"all_items/weighted/r@{k}") for k in (1, 3, 5)]
+# SCR: macro-F1 as the authors (sklearn's), then over the classes in the targets only.
+SCR_COLUMNS = [("accuracy", "fashionvil_accuracy/accuracy"),
+               ("macro-F1", "fashionvil_macro_f1/macro_f1"),
+               ("macro-F1 (target classes)", "fashionvil_macro_f1/macro_f1_target_classes")]
 # task -> (config, dataset, [(column, metric key suffix)]); the tiny configs' own metrics.
 TASKS = {
     "xmr": ("xmr_tiny", "fashiongen", [
         ("ITR R@1", "general/itr_r@1"), ("ITR R@10", "general/itr_r@10"),
-        ("TIR R@1", "general/tir_r@1"), ("TIR R@10", "general/tir_r@10")]),
+        ("TIR R@1", "general/tir_r@1"), ("TIR R@10", "general/tir_r@10"),
+        ("sample-100 ITR R@1", "kaleido/itr_r@1"), ("sample-100 TIR R@1", "kaleido/tir_r@1")]),
     "tgir_fashioniq": ("tgir_fashioniq_tiny", "fashioniq", [
         ("R@10 (mean of 3)", "original/mean/r@10"), ("R@50", "original/mean/r@50")]),
     "tgir_fashion200k": ("tgir_fashion200k_tiny", "fashion200k_tgir", [
         ("R@1", "all/r@1"), ("R@10", "all/r@10"), ("R@50", "all/r@50")]),
-    "scr_category": ("scr_category_tiny", "fashiongen", [
-        ("accuracy", "fashionvil_accuracy/accuracy"), ("macro-F1", "fashionvil_macro_f1/macro_f1")]),
-    "scr_subcategory": ("scr_subcategory_tiny", "fashiongen", [
-        ("accuracy", "fashionvil_accuracy/accuracy"), ("macro-F1", "fashionvil_macro_f1/macro_f1")]),
-    "ocir_nondisjoint": ("ocir_nondisjoint_tiny", "polyvore_ocir", [
-        ("R@1", "target_category/weighted/r@1"), ("R@3", "target_category/weighted/r@3"),
-        ("R@5", "target_category/weighted/r@5")]),
-    "ocir_disjoint": ("ocir_disjoint_tiny", "polyvore_ocir", [
-        ("R@1", "target_category/weighted/r@1"), ("R@3", "target_category/weighted/r@3"),
-        ("R@5", "target_category/weighted/r@5")]),
+    "scr_category": ("scr_category_tiny", "fashiongen", SCR_COLUMNS),
+    "scr_subcategory": ("scr_subcategory_tiny", "fashiongen", SCR_COLUMNS),
+    "ocir_nondisjoint": ("ocir_nondisjoint_tiny", "polyvore_ocir", OCIR_COLUMNS),
+    "ocir_disjoint": ("ocir_disjoint_tiny", "polyvore_ocir", OCIR_COLUMNS),
 }
+
+
+def ocir_chance(catalog, split, ks=(1, 3, 5)):
+    """Expected R@K of a random ranking on a catalog's OCIR test file, in OCIR_COLUMNS' order:
+    one positive among the n candidates of its category hits with probability min(k, n) / n;
+    the authors' convention over the category's distinct blank items, averaged over
+    categories, ours over all its items, weighted by queries."""
+    root = os.path.join(catalog, "datasets", "PolyvoreOutfits")
+    with open(os.path.join(root, "polyvore_item_metadata.json")) as handle:
+        category = {item: entry["category_id"] for item, entry in json.load(handle).items()}
+    blanks, items, queries = defaultdict(set), defaultdict(set), Counter()
+    for question, blank in read_ocir_entries(os.path.join(root, f"ocir_{split}_test.json")):
+        blanks[category[blank]].add(blank)
+        queries[category[blank]] += 1
+        for item in [*question, blank]:
+            items[category[item]].add(item)
+
+    def hit(k, candidates):
+        return min(k, len(candidates)) / len(candidates)
+
+    means = [100 * sum(hit(k, blanks[c]) for c in queries) / len(queries) for k in ks]
+    weighted = [100 * sum(queries[c] * hit(k, items[c]) for c in queries)
+                / sum(queries.values()) for k in ks]
+    return means + weighted
 
 
 def main(argv=None):
@@ -77,6 +108,8 @@ def main(argv=None):
                                  (f"TIR R@1 ITM top-{k}", f"general_itm_top{k}/tir_r@1")]
             name = f"{task}_itm{k}"
         rows = []
+        if task.startswith("ocir_"):
+            rows.append(["chance"] + ocir_chance(catalog, task[len("ocir_"):]))
         for start, init in starts.items():
             run = f"{name}_{start.replace('-', '')}_{args.updates}"
             test_dir = os.path.join(out, f"test_{run}")

@@ -3,7 +3,9 @@
     python -m mmf_fashionvil.synthetic --out DIR [--seed N] [--products N] [--image-size PX]
                                        [--workers N]
 
-Writes, deterministically from the seed (same arguments -> byte-identical files):
+Writes, deterministically from the seed (same arguments -> byte-identical files), in the
+authors' layout (SPEC §4.1: image paths in an info file are relative to the image folder of
+its split: FashionGen/train, FashionGen/val, Fashion200k/images, PolyvoreOutfits/images):
 
 DIR/datasets/FashionGen/   {train,val}_info.json, {train,val}/<id>_<view>.png,
                            categories.json (synthetic-only helper: category/subcategory names

@@ -19,13 +19,18 @@ def main(argv=None):
                         help=f"FashionGen products; other datasets scale with it (default {DEFAULT_PRODUCTS})")
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="image side in pixels")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering images")
+    parser.add_argument("--format", default="layout", choices=("layout", "raw"),
+                        help="layout: what the datasets read; raw: the official releases' files "
+                             "(input of python -m mmf_fashionvil.prepare)")
     args = parser.parse_args(argv)
     started = time.time()
     try:
-        out = generate_catalog(args.out, args.seed, args.products, args.image_size, args.workers)
+        out = generate_catalog(args.out, args.seed, args.products, args.image_size, args.workers,
+                               args.format)
     except (ValueError, FileExistsError) as e:
         parser.exit(2, f"error: {e}\n")
     with open(out / MANIFEST, encoding="utf-8") as f:
         images = json.load(f)["images"]
     print(f"Wrote a synthetic catalog ({args.products} FashionGen products, {images} images of "
-          f"{args.image_size} px) to {out} in {time.time() - started:.1f} s")
+          f"{args.image_size} px{', as the raw releases' if args.format == 'raw' else ''}) to "
+          f"{out} in {time.time() - started:.1f} s")

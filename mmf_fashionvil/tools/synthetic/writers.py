@@ -17,7 +17,7 @@ from mmf_fashionvil.tools.synthetic.products import (
 from mmf_fashionvil.tools.synthetic.render import View, render_product, sample_view
 
 GENERATOR = "mmf_fashionvil.synthetic"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: image paths relative to the split image folders (same images)
 DEFAULT_PRODUCTS = 600
 DEFAULT_IMAGE_SIZE = 64
 MIN_PRODUCTS = 5
@@ -25,7 +25,10 @@ MIN_IMAGE_SIZE = 16
 MANIFEST = "catalog.json"
 INCOMPLETE_MARKER = ".catalog_incomplete"
 # Top-level entries this generator writes; only these are removed when a catalog is replaced.
-OWNED_ENTRIES = ("datasets", "vocab", MANIFEST, INCOMPLETE_MARKER)
+OWNED_ENTRIES = ("datasets", "vocab", MANIFEST, INCOMPLETE_MARKER,
+                 # --format raw: the releases' folders (raw.py)
+                 "fashiongen", "fashion200k", "polyvore_outfits", "fashioniq")
+FORMATS = ("layout", "raw")
 
 
 def _rng(seed: int, *key) -> random.Random:
@@ -141,8 +144,8 @@ class _CatalogWriter:
                 views = 1 if index % 10 == 0 else rng.randint(2, 4)
                 images = []
                 for view_index, view in enumerate(self._views(rng, views)):
-                    relative = f"{split}/{next_id}_{view_index}.png"
-                    self.sink.submit(root / relative, product, view)
+                    relative = f"{next_id}_{view_index}.png"  # in the split's image folder
+                    self.sink.submit(root / split / relative, product, view)
                     images.append(relative)
                 entry = {"id": next_id, "images": images, "title": product_title(product, rng),
                          "description": product_description(product, rng),
@@ -167,11 +170,11 @@ class _CatalogWriter:
             for index, category in enumerate(categories):
                 rng = _rng(self.seed, "fashion200k", split, index)
                 product = sample_product(rng, category)
-                folder = f"images/women/{category}/{product.subcategory}/{next_id}"
+                folder = f"women/{category}/{product.subcategory}/{next_id}"  # in images/
                 images = []
                 for view_index, view in enumerate(self._views(rng, rng.randint(2, 4))):
                     relative = f"{folder}/{next_id}_{view_index}.jpeg"
-                    self.sink.submit(root / relative, product, view)
+                    self.sink.submit(root / "images" / relative, product, view)
                     images.append(relative)
                 entries.append({"id": next_id, "images": images, "title": product_title(product, rng),
                                 "attributes_id": product.attribute_ids()})
@@ -266,7 +269,7 @@ class _CatalogWriter:
         _write_json(root / "polyvore_item_metadata.json", items)
         train_items = sorted({i for _, outfit in train for i in outfit}, key=int)
         _write_json(root / "train_info.json", [
-            {"id": int(i), "images": [f"images/{i}.jpg"], "title": items[i]["title"],
+            {"id": int(i), "images": [f"{i}.jpg"], "title": items[i]["title"],
              "description": items[i]["description"], "attributes_id": products[i].attribute_ids(),
              "category_id": items[i]["category_id"]}
             for i in train_items])
@@ -358,9 +361,14 @@ def _prepare_output(out: Path):
 
 
 def generate_catalog(out_dir, seed: int = 0, num_products: int = DEFAULT_PRODUCTS,
-                     image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1) -> Path:
+                     image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1,
+                     format: str = "layout") -> Path:
     """Writes the catalog (see the package docstring) to ``out_dir``; returns its path.
-    ``workers`` > 1 renders images on a process pool (same files either way)."""
+    ``workers`` > 1 renders images on a process pool (same files either way). ``format``
+    raw: the same catalog as the official releases ship it (raw.py), for the preparation
+    tool."""
+    if format not in FORMATS:
+        raise ValueError(f"format (--format) must be one of {FORMATS}, got {format!r}")
     if not isinstance(num_products, int) or num_products < MIN_PRODUCTS:
         raise ValueError(f"num_products (--products) must be an integer >= {MIN_PRODUCTS}, got {num_products!r}")
     if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
@@ -369,6 +377,14 @@ def generate_catalog(out_dir, seed: int = 0, num_products: int = DEFAULT_PRODUCT
         raise ValueError(f"workers (--workers) must be an integer >= 1, got {workers!r}")
     out = Path(out_dir).expanduser().absolute()
     _prepare_output(out)
+    if format == "raw":
+        from mmf_fashionvil.tools.synthetic.raw import generate_raw
+
+        manifest = generate_raw(out, lambda folder: generate_catalog(
+            folder, seed, num_products, image_size, workers))
+        _write_json(out / MANIFEST, dict(manifest, format="raw"))
+        (out / INCOMPLETE_MARKER).unlink()
+        return out
     sink = _ImageSink(image_size, workers)
     writer = _CatalogWriter(out, seed, num_products, sink)
     try:
