@@ -36,6 +36,8 @@ ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
 IMAGE_STORES = ("files", "lmdb")
+# Image files the folder listings pick up (FashionIQ's asin lookup, packing a folder).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 STORE_SUFFIX = ".lmdb"
 STORE_FORMAT = 1
 ENCODINGS = ("jpeg", "png", "keep", "raw")

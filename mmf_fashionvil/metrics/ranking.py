@@ -140,8 +140,9 @@ def _ranks_by_counting(queries, keys, query_targets, key_matches, query_own_ids,
     excluded_columns = None
     if query_own_ids is not None:
         # The query's own image(s), unless a positive, take no part in its ranking.
-        id_order = torch.argsort(key_ids[order], stable=True)
-        first, count = _column_runs(key_ids[order][id_order], query_own_ids)
+        ordered_ids = key_ids[order]
+        id_order = torch.argsort(ordered_ids, stable=True)
+        first, count = _column_runs(ordered_ids[id_order], query_own_ids)
         excluded_columns = (id_order, first, count)
 
     if not (torch.isfinite(queries).all() and torch.isfinite(keys).all()):
@@ -153,15 +154,16 @@ def _ranks_by_counting(queries, keys, query_targets, key_matches, query_own_ids,
     for start in range(0, len(queries), rows_per_block):
         rows = slice(start, start + rows_per_block)
         scores = score_block(queries[rows])
-        positive_scores = _gather_runs(scores, *(c[rows] for c in positive_columns))
+        positive_scores = _gather_columns(
+            scores, _run_columns(*(c[rows] for c in positive_columns)))
         best = positive_scores.max(dim=1).values
         at_or_above = _count_at_or_above(scores, best)
         # The positives counted above (their -inf padding never is).
         at_or_above -= (positive_scores >= best[:, None]).sum(dim=1)
         if excluded_columns is not None:
             id_order, first, count = excluded_columns
-            own = _gather_runs(scores, first[rows], count[rows], id_order)
             own_columns = _run_columns(first[rows], count[rows], id_order)
+            own = _gather_columns(scores, own_columns)
             own_is_positive = key_matches[own_columns.clamp(min=0)] == query_targets[rows, None]
             at_or_above -= ((own >= best[:, None]) & ~own_is_positive).sum(dim=1)
         ranks.append(at_or_above)
@@ -207,9 +209,9 @@ def _run_columns(first, count, column_of=None):
     return columns.masked_fill(offsets >= count[:, None], -1)
 
 
-def _gather_runs(scores, first, count, column_of=None):
-    """The scores [Q, max count] at each query's run of columns, -inf past its end."""
-    columns = _run_columns(first, count, column_of)
+def _gather_columns(scores, columns):
+    """The scores [Q, max count] at each query's run of columns (``_run_columns``), -inf
+    past its end."""
     gathered = scores.gather(1, columns.clamp(min=0))
     return gathered.masked_fill(columns < 0, float("-inf"))
 
@@ -226,9 +228,10 @@ def _reranked_ranks(queries, keys, query_targets, key_matches, query_own_ids, ke
         candidate = torch.ones_like(positive)
         if query_own_ids is not None:
             candidate = positive | (query_own_ids[start:stop, None] != key_ids[None, :])
-        scores = rerank_top_k(scores.cpu(), positive.cpu(), candidate.cpu(), k,
+        positive, candidate = positive.cpu(), candidate.cpu()
+        scores = rerank_top_k(scores.cpu(), positive, candidate, k,
                               lambda q, c: pair_scores(q + start, c))
-        ranks.append(positive_ranks(scores, positive.cpu(), candidate.cpu()))
+        ranks.append(positive_ranks(scores, positive, candidate))
     return torch.cat(ranks)
 
 

@@ -65,18 +65,14 @@ TASKS_WITH_HEADS = ("itm", "mlm", "mpfc", "pac", "scr", "ocir")
 
 class BatchIndices:
     """Named index tensors of a batch that are not batch-sized (a SampleList field must be);
-    ``SampleList.to`` / ``pin_memory`` move them with the batch."""
+    ``SampleList.to`` moves them with the batch."""
 
     def __init__(self, **tensors):
-        self._tensors = tensors
         self.__dict__.update(tensors)
 
     def to(self, device, non_blocking=False):
         return BatchIndices(**{name: tensor.to(device, non_blocking=non_blocking)
-                               for name, tensor in self._tensors.items()})
-
-    def pin_memory(self):
-        return BatchIndices(**{name: t.pin_memory() for name, t in self._tensors.items()})
+                               for name, tensor in vars(self).items()})
 
 
 @registry.register_model("fashionvil")

@@ -21,9 +21,9 @@ import torch
 from mmf.common.sample import Sample
 
 from mmf_fashionvil.data.base import DataError, FashionDataset, read_json, require_keys
+from mmf_fashionvil.data.reading import IMAGE_EXTENSIONS
 from mmf_fashionvil.metrics.query_gallery import FASHIONIQ_CATEGORIES
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TRIPLET_KEYS = ("candidate", "target", "captions")
 
 

@@ -4,6 +4,7 @@ import argparse
 import os
 import time
 
+from mmf_fashionvil.data.reading import ENCODINGS, IMAGE_STORES
 from mmf_fashionvil.tools.prepare import fashion200k, fashiongen, fashioniq, polyvore
 from mmf_fashionvil.tools.prepare.output import (
     PrepareError, StagedDataset, check_store_options,
@@ -31,7 +32,7 @@ def parser():
 
     def store_options(command):
         command.add_argument("--out", required=True, help="the data dir (env.data_dir)")
-        command.add_argument("--encoding", default="keep", choices=("keep", "jpeg", "png", "raw"),
+        command.add_argument("--encoding", default="keep", choices=ENCODINGS,
                              help="LMDB values: the file's bytes (keep; pixel arrays: PNG), "
                                   "re-encoded JPEG/PNG, or raw uint8 pixels")
         command.add_argument("--resize", type=int, default=None,
@@ -41,7 +42,7 @@ def parser():
         command = commands.add_parser(name, help=f"{dataset} from {raw}")
         command.add_argument("--raw", required=True, help=f"the release folder ({raw})")
         store_options(command)
-        command.add_argument("--store", default="files", choices=("files", "lmdb"),
+        command.add_argument("--store", default="files", choices=IMAGE_STORES,
                              help="images as files (copied) or one LMDB store per image folder")
         command.add_argument("--hardlink", action="store_true",
                              help="files: hard-link image files instead of copying (same disk)")

@@ -7,15 +7,16 @@ from collections import Counter
 
 from omegaconf import OmegaConf
 
+from mmf_fashionvil import CONFIGS_DIR
 from mmf_fashionvil.data.reading import (
-    ENCODINGS, DataError, LMDBImageWriter, load_image, remove_tree, store_path,
+    DataError, LMDBImageWriter, load_image, remove_tree, store_path,
 )
 from mmf_fashionvil.data.reading import read_json as read_annotation
 
 TOOL = "mmf_fashionvil.prepare"
 TOOL_VERSION = 1
 MANIFEST = "prepared.json"
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "datasets")
+CONFIGS = os.path.join(CONFIGS_DIR, "datasets")
 # The dataset folder of each release and the dataset config naming its image folders.
 DATASET_CONFIGS = {"FashionGen": "fashiongen.yaml", "Fashion200k": "fashion200k_tgir.yaml",
                    "PolyvoreOutfits": "polyvore_ocir.yaml", "FashionIQ": "fashioniq.yaml"}
@@ -186,8 +187,6 @@ class ImageSink:
 
 
 def check_store_options(store, encoding, resize):
-    if encoding not in ENCODINGS:
-        raise PrepareError(f"--encoding must be one of {ENCODINGS}")
     if store == "files" and (encoding != "keep" or resize):
         raise PrepareError("--encoding and --resize apply to --store lmdb (files are copied "
                            "as they are)")

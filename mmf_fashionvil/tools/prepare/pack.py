@@ -5,10 +5,8 @@ PolyvoreOutfits, FashionIQ ``images``). The folders stay; a store that exists is
 (written as ``<store>.partial`` and renamed)."""
 import os
 
-from mmf_fashionvil.data.reading import DataError, LMDBImageWriter, store_path
+from mmf_fashionvil.data.reading import IMAGE_EXTENSIONS, DataError, LMDBImageWriter, store_path
 from mmf_fashionvil.tools.prepare.output import DATASET_CONFIGS, PrepareError, image_folders
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 def image_files(folder):
