@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from omegaconf import OmegaConf
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 from transformers.models.bert.modeling_bert import (
@@ -186,3 +187,206 @@ def test_command_line_writes_a_checkpoint_resume_pretrained_loads(ours_and_their
         timeout=300)
     assert missing.returncode == 1 and "no.pth" in missing.stderr
     assert not (tmp_path / "never.ckpt").exists()
+
+
+# --------------------------------------------------------------------------- their VQ-VAE
+# Their MPFC tokenizer's encoder (their mmf/modules/vae.py VAEEncoder + quant_conv + EMA
+# codebook), tiny: 6 levels (stride 32: 64 px -> 2 x 2 codes, the tiny model's grid), widths
+# changing at levels 1, 2 and 5 (so shortcut convs occur), attention in level 5 as their
+# attn_resolutions [7] gives at 224 px, 32-group norms.
+VQ_BASE, VQ_MULTS, VQ_BLOCKS, VQ_ATTENTION_LEVEL = 32, (1, 2, 1, 1, 1, 2), 2, 5
+VQ_Z, VQ_CODE_DIM, VQ_CODES = 16, 8, NUM_CODES
+
+
+def _their_vqvae_shapes():
+    """{entry: shape} of their VQ-VAE encoder, from their module definitions."""
+    shapes = {}
+
+    def conv(name, out, into, k):
+        shapes.update({f"{name}.weight": (out, into, k, k), f"{name}.bias": (out,)})
+
+    def norm(name, channels):
+        shapes.update({f"{name}.weight": (channels,), f"{name}.bias": (channels,)})
+
+    def block(name, into, out):
+        norm(f"{name}.norm1", into)
+        conv(f"{name}.conv1", out, into, 3)
+        norm(f"{name}.norm2", out)
+        conv(f"{name}.conv2", out, out, 3)
+        if into != out:
+            conv(f"{name}.nin_shortcut", out, into, 1)
+
+    def attention(name, channels):
+        norm(f"{name}.norm", channels)
+        for part in ("q", "k", "v", "proj_out"):
+            conv(f"{name}.{part}", channels, channels, 1)
+
+    conv("encoder.conv_in", VQ_BASE, 3, 3)
+    channels = VQ_BASE
+    for level, mult in enumerate(VQ_MULTS):
+        for index in range(VQ_BLOCKS):
+            block(f"encoder.down.{level}.block.{index}", channels, VQ_BASE * mult)
+            channels = VQ_BASE * mult
+            if level == VQ_ATTENTION_LEVEL:
+                attention(f"encoder.down.{level}.attn.{index}", channels)
+        if level < len(VQ_MULTS) - 1:
+            conv(f"encoder.down.{level}.downsample.conv", channels, channels, 3)
+    block("encoder.mid.block_1", channels, channels)
+    attention("encoder.mid.attn_1", channels)
+    block("encoder.mid.block_2", channels, channels)
+    norm("encoder.norm_out", channels)
+    conv("encoder.conv_out", VQ_Z, channels, 3)
+    conv("quant_conv", VQ_CODE_DIM, VQ_Z, 1)
+    shapes.update({"quantize.embedding.weight": (VQ_CODES, VQ_CODE_DIM),
+                   "quantize.embedding.cluster_size": (VQ_CODES,),
+                   "quantize.embedding.embed_avg": (VQ_CODES, VQ_CODE_DIM)})
+    return shapes
+
+
+def their_encoder_latents(state, x):
+    """Their encoder + quant_conv, written out from their forward: [B, code dim, h, w]."""
+    def conv(name, h, stride=1):
+        weight = state[f"{name}.weight"]
+        padding = 0 if stride == 2 or weight.shape[-1] == 1 else 1
+        return F.conv2d(h, weight, state[f"{name}.bias"], stride=stride, padding=padding)
+
+    def norm(name, h):
+        return F.group_norm(h, 32, state[f"{name}.weight"], state[f"{name}.bias"], eps=1e-6)
+
+    def block(name, h):
+        out = conv(f"{name}.conv1", F.silu(norm(f"{name}.norm1", h)))
+        out = conv(f"{name}.conv2", F.silu(norm(f"{name}.norm2", out)))
+        return (conv(f"{name}.nin_shortcut", h) if f"{name}.nin_shortcut.weight" in state
+                else h) + out
+
+    def attention(name, h):
+        b, c, height, width = h.shape
+        normed = norm(f"{name}.norm", h)
+        q, k, v = (conv(f"{name}.{part}", normed).reshape(b, c, -1) for part in "qkv")
+        weights = torch.softmax(q.transpose(1, 2) @ k * c ** -0.5, dim=2)  # [b, query, key]
+        attended = (v @ weights.transpose(1, 2)).reshape(b, c, height, width)
+        return h + conv(f"{name}.proj_out", attended)
+
+    h = conv("encoder.conv_in", x)
+    for level in range(len(VQ_MULTS)):
+        for index in range(VQ_BLOCKS):
+            h = block(f"encoder.down.{level}.block.{index}", h)
+            if level == VQ_ATTENTION_LEVEL:
+                h = attention(f"encoder.down.{level}.attn.{index}", h)
+        if level < len(VQ_MULTS) - 1:
+            h = conv(f"encoder.down.{level}.downsample.conv", F.pad(h, (0, 1, 0, 1)), stride=2)
+    h = block("encoder.mid.block_2", attention(
+        "encoder.mid.attn_1", block("encoder.mid.block_1", h)))
+    h = conv("encoder.conv_out", F.silu(norm("encoder.norm_out", h)))
+    return conv("quant_conv", h)
+
+
+def their_codes(state, x):
+    """Nearest code (squared Euclidean) of each latent vector, row-major: [B, h * w]."""
+    latents = their_encoder_latents(state, x)
+    vectors = latents.permute(0, 2, 3, 1).reshape(len(x), -1, VQ_CODE_DIM)
+    codebook = state["quantize.embedding.weight"]
+    return torch.cdist(vectors, codebook[None].expand(len(x), -1, -1)).argmin(-1)
+
+
+@pytest.fixture(scope="module")
+def their_vqvae():
+    """(their VQ-VAE encoder's state dict with random values, [-1, 1] test images); the
+    codebook holds latents of other images, so that different patches get different codes."""
+    generator = torch.Generator().manual_seed(3)
+    state = {name: torch.randn(shape, generator=generator) * (0.2 if len(shape) > 1 else 1.0)
+             for name, shape in _their_vqvae_shapes().items()}
+    with torch.no_grad():
+        seeds = their_encoder_latents(state, torch.rand(6, 3, 64, 64, generator=generator) * 2 - 1)
+        vectors = seeds.permute(0, 2, 3, 1).reshape(-1, VQ_CODE_DIM)
+    state["quantize.embedding.weight"] = vectors[:VQ_CODES].clone()
+    state["quantize.embedding.embed_avg"] = vectors[:VQ_CODES].clone()
+    state["quantize.embedding.cluster_size"] = torch.rand(VQ_CODES, generator=generator)
+    return state, torch.rand(4, 3, 64, 64, generator=generator) * 2 - 1
+
+
+def test_their_vqvae_converts_into_a_tokenizer_that_gives_their_codes(their_vqvae):
+    from mmf_fashionvil.modeling.image_tokenizer import ImageTokenizer
+    from mmf_fashionvil.tools.convert import convert_tokenizer_state
+
+    state, x = their_vqvae
+    converted, config = convert_tokenizer_state(state, image_size=64)
+    # The architecture as read from their names and shapes.
+    assert config["channel_multipliers"] == list(VQ_MULTS)
+    assert (config["base_channels"], config["num_res_blocks"], config["stride"]) == \
+        (VQ_BASE, VQ_BLOCKS, 32)
+    assert config["attention_levels"] == [VQ_ATTENTION_LEVEL] and config["bottleneck_attention"]
+    assert (config["encoder_out_channels"], config["latent_dim"], config["codebook_size"]) == \
+        (VQ_Z, VQ_CODE_DIM, VQ_CODES)
+    assert config["with_decoder"] is False and config["downsample_padding"] == "asymmetric"
+    # Complete on our side: every entry of the tokenizer built from that config, with its shape.
+    tokenizer = ImageTokenizer(OmegaConf.create(config))
+    tokenizer.build()
+    assert {k: tuple(v.shape) for k, v in converted.items()} == \
+        {k: tuple(v.shape) for k, v in tokenizer.state_dict().items()}
+    tokenizer.load_state_dict(converted)
+    with torch.no_grad():
+        expected_codes = their_codes(state, x)
+        torch.testing.assert_close(tokenizer.eval().encode(x), their_encoder_latents(state, x),
+                                   atol=1e-4, rtol=1e-4)
+        assert torch.equal(tokenizer.tokenize(x), expected_codes)
+    assert len(expected_codes.unique()) > 3  # the check compares varied codes
+    torch.testing.assert_close(tokenizer.quantizer.embed_sum,
+                               state["quantize.embedding.embed_avg"])
+
+
+def test_their_vqvae_entries_missing_or_unknown_are_named(their_vqvae):
+    from mmf_fashionvil.tools.convert import convert_tokenizer_state
+
+    state, _ = their_vqvae
+    extra = dict(state, **{"encoder.down.0.block.0.temb_proj.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"unknown.*encoder\.down\.0\.block\.0\.temb_proj"):
+        convert_tokenizer_state(extra, image_size=64)
+    lacking = {k: v for k, v in state.items() if k != "encoder.down.5.attn.1.k.bias"}
+    with pytest.raises(ValueError, match=r"encoder\.down\.5\.attn\.1\.k\.bias is missing"):
+        convert_tokenizer_state(lacking, image_size=64)
+    with pytest.raises(ValueError, match="no quant_conv.weight"):
+        convert_tokenizer_state({k: v for k, v in state.items() if "quant_conv" not in k}, 64)
+
+
+def test_command_line_converts_their_tokenizer_for_the_mpfc_head(
+        ours_and_theirs, their_vqvae, tmp_path):
+    from mmf_fashionvil.modeling.image_tokenizer import load_image_tokenizer
+
+    _, theirs = ours_and_theirs
+    state, x = their_vqvae
+    expected = their_codes(state, x)
+    # From their VQ-VAE file alone (a bare state dict, as their VQVAEEncoder loads it).
+    vqvae, alone = tmp_path / "vqvae_encoder.pth", tmp_path / "alone.ckpt"
+    torch.save(state, vqvae)
+
+    def convert(*arguments):
+        return subprocess.run([sys.executable, "-m", "mmf_fashionvil.convert", *arguments,
+                               "--image-size", "64"],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    done = convert("--vqvae", str(vqvae), "--tokenizer-out", str(alone))
+    assert done.returncode == 0, done.stderr
+    assert torch.equal(load_image_tokenizer(alone).tokenize(x), expected)
+    # From the model.image_tokenizer entries of their FashionViL checkpoint, next to the model.
+    full, model_out, tokenizer_out = (tmp_path / "fashionvil_final.pth",
+                                      tmp_path / "model.ckpt", tmp_path / "tokenizer.ckpt")
+    torch.save({"model": dict(theirs.state_dict(), **{
+        f"model.image_tokenizer.{name}": value for name, value in state.items()})}, full)
+    done = convert("--checkpoint", str(full), "--out", str(model_out),
+                   "--tokenizer-out", str(tokenizer_out))
+    assert done.returncode == 0, done.stderr
+    assert "dropped model.image_tokenizer" not in done.stdout
+    # Our FashionViL model takes it as its MPFC tokenizer (grid and codebook checks pass).
+    model = build_model(tiny_config(
+        image_encoder={"width_base": 64}, embedding_dim=None, training_tasks=["mpfc"],
+        heads={"mpfc": {"tokenizer_checkpoint": str(tokenizer_out)}}))
+    assert torch.equal(model.image_tokenizer.tokenize(x), expected)
+    # A FashionViL checkpoint without their VQ-VAE: a clear error, nothing written.
+    bare, never = tmp_path / "no_tokenizer.pth", tmp_path / "never.ckpt"
+    torch.save({"model": theirs.state_dict()}, bare)
+    done = convert("--checkpoint", str(bare), "--out", str(tmp_path / "model2.ckpt"),
+                   "--tokenizer-out", str(never))
+    assert done.returncode == 1 and "no model.image_tokenizer" in done.stderr
+    assert not never.exists() and not (tmp_path / "model2.ckpt").exists()
+    assert convert("--vqvae", str(vqvae)).returncode == 2  # --tokenizer-out is needed

@@ -101,6 +101,21 @@ def test_inconsistent_stride_and_multipliers_is_rejected():
         build(stride=16)
 
 
+def test_authors_architecture_switches_are_checked_and_an_encoder_only_tokenizer_cannot_train():
+    with pytest.raises(ValueError, match="downsample_padding: 'left'"):
+        build(downsample_padding="left")
+    with pytest.raises(ValueError, match=r"attention_levels=\[4\]: levels run from 0 to 3"):
+        build(attention_levels=[4])
+    with pytest.raises(ValueError, match="norm_groups=3 does not divide"):
+        build(norm_groups=3)
+    model = build(with_decoder=False, encoder_out_channels=6, attention_levels=[3],
+                  downsample_padding="asymmetric")
+    assert model.decoder is None and model.pre_quantization.in_channels == 6
+    assert model.tokenize(coloured_squares(2)).shape == (2, 16)  # a 4 x 4 grid at stride 8
+    with pytest.raises(ValueError, match="with_decoder is false"):
+        model(batch(coloured_squares(2)))
+
+
 def test_ema_update_matches_hand_computation():
     decay, eps = 0.9, 1e-5
     quantizer = EMAVectorQuantizer(2, 2, decay=decay, epsilon=eps, init_from_data=False)
@@ -135,9 +150,10 @@ def test_no_codebook_update_without_update_flag_or_in_tokenize():
 
 def test_data_initialisation_and_dead_code_reseeding_use_batch_vectors():
     quantizer = EMAVectorQuantizer(4, 2, decay=0.5, dead_code_threshold=0.3)
-    vectors = torch.tensor([[5.0, 5.0], [5.0, 5.1], [-5.0, 0.0]])
+    # One tight cluster far from randn's codes: whichever rows the draw picks, codes seeded
+    # from the batch and moved by one update (to means of batch vectors) stay within it.
+    vectors = torch.tensor([[5.0, 5.0], [5.0, 5.1], [5.1, 5.0]])
     quantizer(vectors, update_codebook=True)
-    # Seeded from the batch; one update on top keeps every code on a batch vector's mean.
     assert quantizer.initialized
     for code in quantizer.codebook:
         assert torch.cdist(code[None], vectors).min() < 0.2

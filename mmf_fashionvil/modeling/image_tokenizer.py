@@ -3,7 +3,10 @@
 Registered as the MMF model ``fashionvil_image_tokenizer``. A conv encoder downsamples the
 image by ``stride`` (default 32: 224 px -> a 7 x 7 grid, one code per cell of the
 FashionViL ResNet grid), an EMA-updated codebook quantises each latent vector with a
-straight-through estimator, and a conv decoder mirrors the encoder.
+straight-through estimator, and a conv decoder mirrors the encoder. Four switches
+(``attention_levels``, ``downsample_padding``, ``norm_groups``, ``encoder_out_channels``)
+give the authors' encoder, into which ``python -m mmf_fashionvil.convert --tokenizer-out``
+converts their released weights (``with_decoder: false``: they released no decoder).
 
 Input normalisation: the tokenizer is trained on, and ``tokenize`` expects, images in
 [-1, 1] (``2 * x - 1`` of [0, 1] pixels). To train it with an MMF dataset, configure the
@@ -33,6 +36,7 @@ MODEL_NAME = "fashionvil_image_tokenizer"
 CONFIG_PREFIX = f"model_config.{MODEL_NAME}"
 DEFAULTS_YAML = os.path.join(CONFIGS_DIR, "models", MODEL_NAME, "defaults.yaml")
 RECONSTRUCTION_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+DOWNSAMPLE_PADDINGS = ("symmetric", "asymmetric")
 # torchvision VGG16 `features` indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
 VGG16_FEATURE_LAYERS = (3, 8, 15, 22, 29)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,19 +67,34 @@ def _distributed():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _group_norm(channels):
-    # Up to 32 groups (the usual VQ-VAE setting at >= 128 channels) but at least 4 channels
-    # per group: one channel per group (instance norm) would erase each image's colours.
-    return nn.GroupNorm(math.gcd(32, channels, max(channels // 4, 1)), channels, eps=1e-6)
+def _group_norm(channels, groups=None):
+    """GroupNorm with ``groups`` groups; None: up to 32 (the usual VQ-VAE setting at >= 128
+    channels) but at least 4 channels per group, as one channel per group (instance norm)
+    would erase each image's colours. The authors' tokenizer uses 32 at every width."""
+    if groups is None:
+        groups = math.gcd(32, channels, max(channels // 4, 1))
+    elif channels % groups:
+        raise ValueError(f"{CONFIG_PREFIX}.norm_groups={groups} does not divide a layer's "
+                         f"{channels} channels")
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+def _downsample(channels, padding):
+    """Stride-2 3 x 3 conv. "symmetric": one pixel of zeros on every side; "asymmetric":
+    one on the right and bottom only (the authors' tokenizer; the grid shifts by half a pixel,
+    so their weights need it)."""
+    if padding == "symmetric":
+        return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+    return nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(channels, channels, 3, stride=2))
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, in_channels, out_channels):
+    def __init__(self, in_channels, out_channels, norm_groups=None):
         super().__init__()
         self.body = nn.Sequential(
-            _group_norm(in_channels), nn.SiLU(),
+            _group_norm(in_channels, norm_groups), nn.SiLU(),
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
-            _group_norm(out_channels), nn.SiLU(),
+            _group_norm(out_channels, norm_groups), nn.SiLU(),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
         self.shortcut = (
@@ -90,9 +109,9 @@ class ResidualBlock(nn.Module):
 class SelfAttentionBlock(nn.Module):
     """Single-head self-attention over the grid positions (the authors attend at 7 x 7)."""
 
-    def __init__(self, channels):
+    def __init__(self, channels, norm_groups=None):
         super().__init__()
-        self.norm = _group_norm(channels)
+        self.norm = _group_norm(channels, norm_groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -103,31 +122,46 @@ class SelfAttentionBlock(nn.Module):
         return x + self.proj(attended.transpose(1, 2).reshape(batch, channels, height, width))
 
 
-def _bottleneck(channels, attention):
-    layers = [ResidualBlock(channels, channels)]
+def _bottleneck(channels, attention, norm_groups):
+    layers = [ResidualBlock(channels, channels, norm_groups)]
     if attention:
-        layers.append(SelfAttentionBlock(channels))
-    layers.append(ResidualBlock(channels, channels))
+        layers.append(SelfAttentionBlock(channels, norm_groups))
+    layers.append(ResidualBlock(channels, channels, norm_groups))
+    return layers
+
+
+def _level(in_channels, width, num_res_blocks, attention, norm_groups):
+    """One resolution level: residual blocks, each followed by self-attention if ``attention``."""
+    layers = []
+    for _ in range(num_res_blocks):
+        layers.append(ResidualBlock(in_channels, width, norm_groups))
+        if attention:
+            layers.append(SelfAttentionBlock(width, norm_groups))
+        in_channels = width
     return layers
 
 
 class Encoder(nn.Sequential):
-    """Level i has ``num_res_blocks`` residual blocks at base * mults[i] channels and is
-    followed by a stride-2 conv, except the last: total stride 2 ** (len(mults) - 1)."""
+    """Level i has ``num_res_blocks`` residual blocks at base * mults[i] channels (each
+    followed by self-attention when i is in ``attention_levels``; level 0 is the input
+    resolution) and is followed by a stride-2 conv, except the last: total stride
+    2 ** (len(mults) - 1)."""
 
-    def __init__(self, base_channels, channel_multipliers, num_res_blocks, latent_dim,
-                 attention):
+    def __init__(self, base_channels, channel_multipliers, num_res_blocks, out_channels,
+                 attention, attention_levels=(), downsample_padding="symmetric",
+                 norm_groups=None):
         widths = [base_channels * m for m in channel_multipliers]
         layers = [nn.Conv2d(3, widths[0], 3, padding=1)]
         channels = widths[0]
         for level, width in enumerate(widths):
-            for _ in range(num_res_blocks):
-                layers.append(ResidualBlock(channels, width))
-                channels = width
+            layers += _level(channels, width, num_res_blocks, level in attention_levels,
+                             norm_groups)
+            channels = width
             if level < len(widths) - 1:
-                layers.append(nn.Conv2d(channels, channels, 3, stride=2, padding=1))
-        layers += _bottleneck(channels, attention)
-        layers += [_group_norm(channels), nn.SiLU(), nn.Conv2d(channels, latent_dim, 3, padding=1)]
+                layers.append(_downsample(channels, downsample_padding))
+        layers += _bottleneck(channels, attention, norm_groups)
+        layers += [_group_norm(channels, norm_groups), nn.SiLU(),
+                   nn.Conv2d(channels, out_channels, 3, padding=1)]
         super().__init__(*layers)
 
 
@@ -135,19 +169,21 @@ class Decoder(nn.Sequential):
     """Mirror of ``Encoder``: nearest-neighbour x2 upsampling + conv between levels."""
 
     def __init__(self, base_channels, channel_multipliers, num_res_blocks, latent_dim,
-                 attention):
+                 attention, attention_levels=(), norm_groups=None):
         widths = [base_channels * m for m in reversed(channel_multipliers)]
         channels = widths[0]
         layers = [nn.Conv2d(latent_dim, channels, 3, padding=1)]
-        layers += _bottleneck(channels, attention)
-        for level, width in enumerate(widths):
-            for _ in range(num_res_blocks):
-                layers.append(ResidualBlock(channels, width))
-                channels = width
-            if level < len(widths) - 1:
+        layers += _bottleneck(channels, attention, norm_groups)
+        for index, width in enumerate(widths):
+            level = len(widths) - 1 - index
+            layers += _level(channels, width, num_res_blocks, level in attention_levels,
+                             norm_groups)
+            channels = width
+            if level > 0:
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"),
                            nn.Conv2d(channels, channels, 3, padding=1)]
-        layers += [_group_norm(channels), nn.SiLU(), nn.Conv2d(channels, 3, 3, padding=1)]
+        layers += [_group_norm(channels, norm_groups), nn.SiLU(),
+                   nn.Conv2d(channels, 3, 3, padding=1)]
         super().__init__(*layers)
 
 
@@ -331,13 +367,33 @@ class ImageTokenizer(BaseModel):
                 f"{CONFIG_PREFIX}.reconstruction_loss: '{config.reconstruction_loss}', "
                 f"expected one of {sorted(RECONSTRUCTION_LOSSES)}"
             )
+        padding = config.get("downsample_padding", "symmetric")
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"{CONFIG_PREFIX}.downsample_padding: '{padding}', expected one "
+                             f"of {list(DOWNSAMPLE_PADDINGS)}")
+        attention_levels = [int(level) for level in config.get("attention_levels") or []]
+        if any(not 0 <= level < len(multipliers) for level in attention_levels):
+            raise ValueError(f"{CONFIG_PREFIX}.attention_levels={attention_levels}: levels "
+                             f"run from 0 to {len(multipliers) - 1}")
+        norm_groups = config.get("norm_groups")
         architecture = dict(
             base_channels=int(config.base_channels), channel_multipliers=multipliers,
-            num_res_blocks=int(config.num_res_blocks), latent_dim=int(config.latent_dim),
-            attention=bool(config.bottleneck_attention),
+            num_res_blocks=int(config.num_res_blocks),
+            attention=bool(config.bottleneck_attention), attention_levels=attention_levels,
+            norm_groups=None if norm_groups is None else int(norm_groups),
         )
-        self.encoder = Encoder(**architecture)
-        self.decoder = Decoder(**architecture)
+        latent_dim = int(config.latent_dim)
+        # The authors' encoder ends at z_channels and maps them to the code size with a
+        # 1 x 1 conv ("quant_conv"); ours ends at the code size.
+        encoder_out = config.get("encoder_out_channels")
+        self.encoder = Encoder(out_channels=latent_dim if encoder_out is None
+                               else int(encoder_out),
+                               downsample_padding=padding, **architecture)
+        self.pre_quantization = (None if encoder_out is None
+                                 else nn.Conv2d(int(encoder_out), latent_dim, 1))
+        # The authors released their tokenizer's encoder only: it tokenizes, it cannot train.
+        self.decoder = (Decoder(latent_dim=latent_dim, **architecture)
+                        if config.get("with_decoder", True) else None)
         self.quantizer = EMAVectorQuantizer(
             int(config.codebook_size), int(config.latent_dim), decay=float(config.ema_decay),
             epsilon=float(config.ema_epsilon),
@@ -377,7 +433,8 @@ class ImageTokenizer(BaseModel):
     def encode(self, images):
         """Continuous latents [B, latent_dim, H / stride, W / stride] of [-1, 1] images."""
         self._check_images(images)
-        return self.encoder(images)
+        latents = self.encoder(images)
+        return latents if self.pre_quantization is None else self.pre_quantization(latents)
 
     def quantize(self, latents, update_codebook=False):
         """(straight-through quantised latents like ``latents``, codes [B, h * w] row-major,
@@ -396,6 +453,10 @@ class ImageTokenizer(BaseModel):
         return codes
 
     def forward(self, sample_list):
+        if self.decoder is None:
+            raise ValueError(f"{CONFIG_PREFIX}.with_decoder is false (an encoder-only "
+                             "tokenizer, as the authors released theirs): it tokenizes "
+                             "images but cannot be trained")
         images = sample_list.image
         latents = self.encode(images)
         quantized, codes, commitment = self.quantize(latents, update_codebook=self.training)
