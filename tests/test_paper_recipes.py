@@ -35,12 +35,12 @@ RECIPES = [
     # Pre-training: warm-up 15k from x0.25, x0.1 at 45k and 90k.
     ("pretraining/final.yaml", "fashion_pretraining", 256, 120000, 1e-5,
      {0: 0.25 + 0.75 / 15000, 14999: 1.0, 44999: 1.0, 45000: 0.1, 90000: 0.01}),
-    # XMR: warm-up 939, x0.1 at 28,170 and 56,340.
+    # XMR: warm-up 939 from x0.25, x0.1 at 28,170 and 56,340.
     ("finetuning/xmr.yaml", "fashiongen", 64, 75120, 1e-5,
-     {0: 1 / 939, 938: 1.0, 28169: 1.0, 28170: 0.1, 56340: 0.01, 75119: 0.01}),
-    # TGIR FashionIQ: warm-up 2,810, x0.1 at 16,860 and 28,100.
-    ("finetuning/tgir_fashioniq.yaml", "fashioniq", 32, 45000, 1e-5,
-     {0: 1 / 2810, 2809: 1.0, 16859: 1.0, 16860: 0.1, 28100: 0.01}),
+     {0: 0.25 + 0.75 / 939, 938: 1.0, 28169: 1.0, 28170: 0.1, 56340: 0.01, 75119: 0.01}),
+    # TGIR FashionIQ: warm-up 2,810 from x0.25, x0.1 at 16,860 and 28,100.
+    ("finetuning/tgir_fashioniq.yaml", "fashioniq", 32, 44960, 1e-5,
+     {0: 0.25 + 0.75 / 2810, 2809: 1.0, 16859: 1.0, 16860: 0.1, 28100: 0.01}),
     # SCR: constant.
     ("finetuning/scr_category.yaml", "fashiongen", 32, 28840, 2e-5,
      {0: 1.0, 1000: 1.0, 28839: 1.0}),

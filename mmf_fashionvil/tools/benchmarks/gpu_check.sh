@@ -25,7 +25,7 @@ GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if [ $SMOKE = 1 ]; then
   SIZE=64; UPDATES=20; KILL_AT=10; BATCH=8
   MODEL=(config=projects/fashionvil/configs/pretraining/final_tiny.yaml)
-  BENCH=(--size smoke --repeats 1 --eval-sizes 1024)
+  BENCH=(--size smoke --rounds 1 --eval-sizes 1024)
   [ "$GPUS" -gt 0 ] && BENCH+=(--device cuda)
 else
   SIZE=224; UPDATES=200; KILL_AT=100; BATCH=64

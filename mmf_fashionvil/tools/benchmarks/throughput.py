@@ -1,15 +1,16 @@
 """How close the training step and the evaluation are to the machine (issue 12), in one run:
 
     python -m mmf_fashionvil.tools.benchmarks.throughput [--device cpu|cuda] [--size reduced|paper]
-        [--batch-size B] [--repeats 3] [--eval-sizes 4096 16384 32768] [--out bench_out/throughput]
+        [--batch-size B] [--rounds 7] [--eval-sizes 4096 16384 32768] [--out bench_out/throughput]
 
 1. Per task (ITC, ITM, MLM, MPFC, MVC, PAC and the TGIR fine-tune): samples/s of our training
    step (``fashionvil_trainer``'s update on batches of the synthetic catalog) and of a bare
    PyTorch/transformers step doing the same math (torchvision ResNet-50 trunk, transformers'
-   BertEncoder, the same heads, losses and fused AdamW, no MMF), timed alternately on the
-   same batches (best of ``--repeats``); their ratio; FLOPs per step (``torch.utils.flop_counter``) and the MFU
-   against the dense matmul peak measured in the same run (fp32 on CPU, bf16 on GPU); peak
-   memory on GPU.
+   BertEncoder, the same heads, losses and fused AdamW, no MMF), timed in paired rounds on
+   the same batches (each round: one pass over the batches per side, the side that goes first
+   alternating); the median of the rounds' ratios and their range; FLOPs per step
+   (``torch.utils.flop_counter``) and the MFU against the dense matmul peak measured in the
+   same run (fp32 on CPU, bf16 on GPU); peak memory on GPU.
 2. The loader: samples/s of the training loader (its configured workers) against the step.
 3. Evaluation: full ranking (pessimistic ties) of Q queries against Q keys (D = 256, one
    positive each, embeddings on a coarse grid so that ties occur) by ``chunked_ranks`` and by
@@ -24,6 +25,7 @@ import argparse
 import contextlib
 import math
 import os
+import statistics
 import tempfile
 import time
 
@@ -299,7 +301,34 @@ def timed(step, device, repeats):
         step()
         synchronize(device)
         times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
+
+
+def seconds_per_step(step, device, count):
+    """Mean seconds of ``count`` consecutive calls (one synchronisation at the end)."""
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(count):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - started) / count
+
+
+def paired_rounds(steps, device, rounds, steps_per_round):
+    """Times ``rounds`` rounds; each runs every step function ``steps_per_round`` times in a
+    row (one pass over the batches), in an order that alternates between rounds (AB, BA, ...)
+    so that neither side always runs first. Returns ({name: [seconds per step, one per
+    round]}, {name: peak MB on CUDA})."""
+    seconds, memory = {name: [] for name in steps}, {}
+    names = list(steps)
+    for index in range(rounds):
+        for name in (names if index % 2 == 0 else names[::-1]):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds[name].append(seconds_per_step(steps[name], device, steps_per_round))
+            if device.type == "cuda":
+                memory[name] = torch.cuda.max_memory_allocated(device) / 2**20
+    return seconds, memory
 
 
 def step_flops(step):
@@ -335,27 +364,22 @@ def measure_tasks(args, device, size, workdir):
         for task in tasks:
             ours, bare = our_step(trainer, task, batches), bare_step(model, optimizer, task,
                                                                    batches, autocast)
-            times = {"ours": [], "bare": []}
-            memory = {}
-            for _ in range(2):  # warm-up (the first steps allocate), then alternate
+            for _ in range(2):  # warm-up (the first steps allocate)
                 for step in (ours, bare):
                     step()
-            for _ in range(args.repeats):
-                for name, step in (("ours", ours), ("bare", bare)):
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(device)
-                    times[name].append(timed(step, device, 1))
-                    if device.type == "cuda":
-                        memory[name] = torch.cuda.max_memory_allocated(device) / 2**20
+            seconds, memory = paired_rounds({"ours": ours, "bare": bare}, device,
+                                            args.rounds, len(batches))
             flops = step_flops(ours)
-            # Best of the repeats: other processes on the machine only ever add time.
-            seconds = {k: min(v) for k, v in times.items()}
-            rate = {k: args.batch_size / v for k, v in seconds.items()}
+            # Per round, ours / bare = bare's seconds over ours (the same batches, timed back
+            # to back): slow phases of the machine hit both sides of a round alike.
+            ratios = sorted(b / o for o, b in zip(seconds["ours"], seconds["bare"]))
+            median = {k: statistics.median(v) for k, v in seconds.items()}
+            rate = {k: args.batch_size / v for k, v in median.items()}
             rows.append([
                 task.upper() if task != "tgir" else "TGIR (fine-tune)",
                 f"{rate['ours']:.2f}", f"{rate['bare']:.2f}",
-                f"{rate['ours'] / rate['bare']:.2f}",
-                f"{flops / 1e9:.0f}", f"{100 * flops / seconds['ours'] / peak:.0f} %",
+                f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})",
+                f"{flops / 1e9:.0f}", f"{100 * flops / median['ours'] / peak:.0f} %",
                 (f"{memory['ours']:.0f} / {memory['bare']:.0f}" if memory else "n/a"),
                 f"{loader_rate / rate['ours']:.1f}",
             ])
@@ -464,7 +488,9 @@ def main(argv=None):
     parser.add_argument("--size", default=None, choices=sorted(SIZES),
                         help="default: reduced on CPU, paper on CUDA")
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="paired timing rounds per task (each: one pass over 4 batches "
+                             "per side)")
     parser.add_argument("--eval-sizes", type=int, nargs="*", default=[4096, 16384, 32768])
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -481,7 +507,9 @@ def main(argv=None):
         evaluation = measure_evaluation(args.eval_sizes, device) if args.eval_sizes else []
     unit = "fp32" if device.type == "cpu" else "bf16"
     print(f"\nTraining step, {args.device}, batch {args.batch_size}, {size['layers']} layers, "
-          f"{size['image_size']} px, {size['text_length']} tokens, best of {args.repeats}; "
+          f"{size['image_size']} px, {size['text_length']} tokens, {args.rounds} paired rounds "
+          f"of 4 steps a side (samples/s from the median round, ours / bare the median of the "
+          f"rounds' ratios, their range in brackets); "
           f"dense matmul peak {peak / 1e9:.0f} GFLOP/s ({unit}), "
           f"{torch.get_num_threads()} threads")
     print(markdown_table(
