@@ -367,15 +367,15 @@ class ImageTokenizer(BaseModel):
                 f"{CONFIG_PREFIX}.reconstruction_loss: '{config.reconstruction_loss}', "
                 f"expected one of {sorted(RECONSTRUCTION_LOSSES)}"
             )
-        padding = config.get("downsample_padding", "symmetric")
+        padding = config.downsample_padding
         if padding not in DOWNSAMPLE_PADDINGS:
             raise ValueError(f"{CONFIG_PREFIX}.downsample_padding: '{padding}', expected one "
                              f"of {list(DOWNSAMPLE_PADDINGS)}")
-        attention_levels = [int(level) for level in config.get("attention_levels") or []]
+        attention_levels = [int(level) for level in config.attention_levels]
         if any(not 0 <= level < len(multipliers) for level in attention_levels):
             raise ValueError(f"{CONFIG_PREFIX}.attention_levels={attention_levels}: levels "
                              f"run from 0 to {len(multipliers) - 1}")
-        norm_groups = config.get("norm_groups")
+        norm_groups = config.norm_groups
         architecture = dict(
             base_channels=int(config.base_channels), channel_multipliers=multipliers,
             num_res_blocks=int(config.num_res_blocks),
@@ -385,7 +385,7 @@ class ImageTokenizer(BaseModel):
         latent_dim = int(config.latent_dim)
         # The authors' encoder ends at z_channels and maps them to the code size with a
         # 1 x 1 conv ("quant_conv"); ours ends at the code size.
-        encoder_out = config.get("encoder_out_channels")
+        encoder_out = config.encoder_out_channels
         self.encoder = Encoder(out_channels=latent_dim if encoder_out is None
                                else int(encoder_out),
                                downsample_padding=padding, **architecture)
@@ -393,7 +393,7 @@ class ImageTokenizer(BaseModel):
                                  else nn.Conv2d(int(encoder_out), latent_dim, 1))
         # The authors released their tokenizer's encoder only: it tokenizes, it cannot train.
         self.decoder = (Decoder(latent_dim=latent_dim, **architecture)
-                        if config.get("with_decoder", True) else None)
+                        if config.with_decoder else None)
         self.quantizer = EMAVectorQuantizer(
             int(config.codebook_size), int(config.latent_dim), decay=float(config.ema_decay),
             epsilon=float(config.ema_epsilon),

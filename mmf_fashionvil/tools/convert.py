@@ -45,7 +45,11 @@ from omegaconf import OmegaConf
 
 from mmf_fashionvil.modeling.image_tokenizer import DEFAULTS_YAML as TOKENIZER_DEFAULTS
 from mmf_fashionvil.modeling.image_tokenizer import MODEL_NAME as TOKENIZER_NAME
-from mmf_fashionvil.modeling.image_tokenizer import ImageTokenizer
+from mmf_fashionvil.modeling.image_tokenizer import (
+    ImageTokenizer,
+    ResidualBlock,
+    SelfAttentionBlock,
+)
 from mmf_fashionvil.modeling.layers import grid_side
 from mmf_fashionvil.training.checkpoints import (
     model_state_from_checkpoint,
@@ -206,18 +210,17 @@ def _their_encoder_modules(architecture):
 
 def _module_entries(theirs, ours, module):
     """{our entry name: their entry name, or a tuple of names to concatenate} of one module."""
-    kind = type(module).__name__
-    if kind == "ResidualBlock":
+    if isinstance(module, ResidualBlock):
         pairs = {"body.0": "norm1", "body.2": "conv1", "body.3": "norm2", "body.5": "conv2"}
         if not isinstance(module.shortcut, torch.nn.Identity):
             pairs["shortcut"] = "nin_shortcut"
-    elif kind == "SelfAttentionBlock":
+    elif isinstance(module, SelfAttentionBlock):
         # Our fused q/k/v conv holds their three convs stacked along the output channels.
         return {f"{ours}.norm.{p}": f"{theirs}.norm.{p}" for p in ("weight", "bias")} | {
             f"{ours}.qkv.{p}": tuple(f"{theirs}.{x}.{p}" for x in "qkv")
             for p in ("weight", "bias")} | {
             f"{ours}.proj.{p}": f"{theirs}.proj_out.{p}" for p in ("weight", "bias")}
-    elif kind == "Sequential":  # the asymmetric downsample: (ZeroPad2d, Conv2d)
+    elif isinstance(module, torch.nn.Sequential):  # the asymmetric downsample (pad, conv)
         pairs = {"1": ""}
     else:  # Conv2d, GroupNorm
         pairs = {"": ""}
